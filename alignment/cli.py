@@ -1,0 +1,54 @@
+"""The `align` command line: one subcommand per job.
+
+Each job module exposes ``register(subparsers)``, which adds its parser and sets
+``func`` to a callable taking the parsed arguments and returning an exit code.
+Heavy imports (torch, ray, deepspeed) happen inside those callables, so that
+``align --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from alignment.errors import AlignError
+
+JOB_MODULES = (
+    "alignment.jobs.sft",
+    "alignment.jobs.tiny",
+    "labeling_ui.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="align",
+        description="Align language models with human preferences.",
+    )
+    subparsers = parser.add_subparsers(dest="job", metavar="JOB", title="jobs")
+    for module_name in JOB_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except AlignError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
