@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from alignment.runtime_env import configure_environment
+
+    configure_environment()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

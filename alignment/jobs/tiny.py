@@ -1,0 +1,30 @@
+"""`align tiny build`: the bundled tiny task (data, tokenizer, base model), made locally."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("tiny", help="Build the bundled tiny task (movie reviews, tokenizer, base model)",
+                                   description="The bundled tiny task used by the demo and the tests.")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    build = actions.add_parser("build", help="build (or reuse) the tiny task")
+    build.add_argument("--out", help="output directory (default $ALIGN_HOME/tiny)")
+    build.add_argument("--force", action="store_true", help="rebuild even if a matching build exists")
+    build.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
+    build.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. steps=300 (see --print-config)")
+    build.set_defaults(func=run_build)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from alignment.config import dump_config, load_config
+    from alignment.tiny.build import TinyBuildConfig, build_tiny
+
+    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
+    config = load_config(TinyBuildConfig, None, overrides)
+    if args.print_config:
+        print(dump_config(config), end="")
+        return 0
+    build_tiny(config, force=args.force)
+    return 0

@@ -1,0 +1,52 @@
+"""Loading and saving Hugging Face models and tokenizers from local directories only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from alignment.errors import AlignError
+
+
+def check_model_dir(path: str | Path, what: str = "model") -> Path:
+    """Fail early, before any cluster starts, if ``path`` is not a loadable local HF directory."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise AlignError(f"{what} path {path} does not exist (align loads local directories only, never a hub)")
+    if what == "model" and not (path / "config.json").is_file():
+        raise AlignError(f"{what} path {path} has no config.json: not a Hugging Face model directory")
+    return path
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32):
+    """A causal LM from a local directory, in ``dtype``, with dropout as configured by the model."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+
+
+def save_hf_model(state_dict: dict[str, torch.Tensor], source_dir: str | Path, tokenizer, out_dir: Path) -> None:
+    """Write ``state_dict`` as a plain HF model (config from ``source_dir``) plus tokenizer into ``out_dir``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(source_dir))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(dict(state_dict), strict=False, assign=True)
+    model.tie_weights()
+    missing = [name for name, p in model.named_parameters() if p.is_meta]
+    if missing:
+        raise RuntimeError(f"exported state dict misses {missing[:5]}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir), state_dict=dict(state_dict))
+    tokenizer.save_pretrained(str(out_dir))

@@ -1,0 +1,69 @@
+"""Supervised fine-tuning: next-token loss on response tokens only, on the shared training core."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from alignment.config import SFTConfig
+from alignment.data import (
+    IGNORE_INDEX,
+    TokenizedExample,
+    check_sft_rows,
+    load_sft_examples,
+    pad_batch,
+    split_holdout,
+)
+from alignment.models import check_model_dir, load_causal_lm, load_tokenizer
+from alignment.trainer import TrainWorker, run_training
+
+
+def token_nll_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed negative log-likelihood of the labelled tokens, and how many there are."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    logits = logits[:, :-1].float()
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX,
+                           reduction="sum")
+    return loss, int((labels != IGNORE_INDEX).sum())
+
+
+class SFTWorker(TrainWorker):
+    config_class = SFTConfig
+
+    def load_data(self) -> tuple[list[TokenizedExample], list[TokenizedExample]]:
+        config = self.config
+        self.tokenizer = load_tokenizer(config.tokenizer or config.model)
+        train = load_sft_examples(config.data.train, self.tokenizer, config.data)
+        if config.data.eval:
+            return train, load_sft_examples(config.data.eval, self.tokenizer, config.data)
+        return split_holdout(train, config.data.eval_fraction, config.train.seed)
+
+    def build_model(self) -> torch.nn.Module:
+        return load_causal_lm(self.config.model, self.strategy.dtype)
+
+    def count_units(self, batch: list[TokenizedExample]) -> float:
+        return float(sum(sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in batch))
+
+    def batch_loss(self, examples: list[TokenizedExample]):
+        batch = {k: v.to(self.strategy.device) for k, v in pad_batch(examples, self.tokenizer.pad_token_id).items()}
+        loss_sum, tokens = token_nll_sum(self.engine, batch)
+        return loss_sum, float(tokens), {}
+
+
+def validate_sft(config: SFTConfig) -> None:
+    """Checks that need the file system, done before any cluster starts."""
+    check_model_dir(config.model)
+    if config.tokenizer:
+        check_model_dir(config.tokenizer, "tokenizer")
+    for path in (config.data.train, config.data.eval):
+        if path:
+            check_sft_rows(path, config.data)
+
+
+def run_sft(config: SFTConfig, resume: bool = False) -> Path:
+    """Run `align sft`; returns the final HF model directory."""
+    validate_sft(config)
+    return run_training(config, SFTWorker, resume=resume)

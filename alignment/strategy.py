@@ -1,0 +1,209 @@
+"""DeepSpeed ZeRO behind one small interface: prepare, backward/step, checkpoints, full weights.
+
+The strategy knows nothing of Ray: given an initialised torch.distributed group it runs the
+same under ``torchrun`` as inside ActorGroup actors.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from alignment.config import OptimConfig, StrategyConfig
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """``auto`` is bf16 on CUDA and fp32 elsewhere (bf16 is slow on CPUs without native support)."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+
+
+def lr_lambda(optim: OptimConfig, total_steps: int):
+    """LR multiplier per optimizer step: linear warm-up, then constant, linear or cosine decay."""
+    warmup = int(optim.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if optim.scheduler == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        shape = 1.0 - progress if optim.scheduler == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * shape
+
+    return factor
+
+
+class DeepSpeedStrategy:
+    """One model's DeepSpeed engine on this rank."""
+
+    def __init__(self, config: StrategyConfig, micro_batch_size: int = 1, accumulation_steps: int = 1) -> None:
+        self.config = config
+        self.dtype = resolve_dtype(config.dtype)
+        self.micro_batch_size = micro_batch_size
+        self.accumulation_steps = accumulation_steps
+        self.engine = None
+        self._hf_ds_config = None  # keeps transformers' ZeRO-3 hook alive while loading
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank() if dist.is_initialized() else 0
+
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size() if dist.is_initialized() else 1
+
+    @property
+    def device(self) -> torch.device:
+        from deepspeed.accelerator import get_accelerator
+
+        name = get_accelerator().device_name()
+        return torch.device(name, get_accelerator().current_device()) if name == "cuda" else torch.device(name)
+
+    def ds_config(self, train: bool = True) -> dict[str, Any]:
+        zero: dict[str, Any] = {"stage": self.config.zero_stage}
+        if self.config.zero_stage == 3:
+            zero["stage3_param_persistence_threshold"] = self.config.param_persistence_threshold
+            zero["stage3_gather_16bit_weights_on_model_save"] = False
+        if self.config.offload_optimizer and train:
+            zero["offload_optimizer"] = {"device": "cpu"}
+        if self.config.offload_params:
+            zero["offload_param"] = {"device": "cpu"}
+        config = {
+            "train_micro_batch_size_per_gpu": self.micro_batch_size,
+            "gradient_accumulation_steps": self.accumulation_steps,
+            "train_batch_size": self.micro_batch_size * self.accumulation_steps * self.world_size,
+            "zero_optimization": zero,
+            "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": self.dtype == torch.bfloat16},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        if train and self.config.grad_clip > 0:
+            config["gradient_clipping"] = self.config.grad_clip
+        return config
+
+    def before_model_load(self, train: bool = True) -> None:
+        """Under ZeRO-3, make transformers' from_pretrained partition weights as it loads them."""
+        if self.config.zero_stage == 3:
+            import torch._dynamo  # noqa: F401  (must be imported before zero.Init patches tensors)
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_ds_config = HfDeepSpeedConfig(self.ds_config(train))
+
+    def prepare(self, model: torch.nn.Module, optim: OptimConfig, total_steps: int):
+        """Wrap ``model`` for training with AdamW and the LR schedule; returns the engine."""
+        import deepspeed
+
+        if self.config.offload_optimizer:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            optimizer = DeepSpeedCPUAdam(
+                model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
+            )
+        else:
+            optimizer = torch.optim.AdamW(
+                model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
+            )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, total_steps))
+        self.engine, *_ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config(train=True)
+        )
+        return self.engine
+
+    def prepare_inference(self, model: torch.nn.Module):
+        """Wrap a frozen model (reference, reward): sharded under ZeRO-3, no optimizer state."""
+        import deepspeed
+
+        model.requires_grad_(False)
+        self.engine, *_ = deepspeed.initialize(model=model, config=self.ds_config(train=False))
+        self.engine.eval()
+        return self.engine
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> bool:
+        """Optimizer step at the accumulation boundary; True when the weights changed."""
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.step()
+        return boundary
+
+    def grad_norm(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def current_lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        """Sum floats across ranks (float64 on the wire)."""
+        tensor = torch.tensor(values, dtype=torch.float64)
+        if dist.is_initialized() and self.world_size > 1:
+            dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def barrier(self) -> None:
+        if dist.is_initialized():
+            dist.barrier()
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def save_checkpoint(self, directory: Path) -> None:
+        """Write model, optimizer, scheduler (DeepSpeed) and this rank's RNG states into ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.engine.save_checkpoint(str(directory), tag="deepspeed")
+        torch.save(
+            {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+            directory / f"rng_rank{self.rank}.pt",
+        )
+
+    def load_checkpoint(self, directory: Path) -> None:
+        """Restore what :meth:`save_checkpoint` wrote (same world size)."""
+        load_path, _ = self.engine.load_checkpoint(
+            str(directory), tag="deepspeed", load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if load_path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}")
+        state = torch.load(directory / f"rng_rank{self.rank}.pt", weights_only=False)
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The whole model's weights on rank 0 (None elsewhere), gathered one tensor at a time under ZeRO-3.
+
+        Every rank must call this: under ZeRO-3 the gathering is collective.
+        """
+        import deepspeed
+
+        module = self.engine.module
+        state: dict[str, torch.Tensor] = {}
+        for name, param in module.named_parameters():
+            if hasattr(param, "ds_id"):
+                with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                    if self.rank == 0:
+                        state[name] = param.data.detach().to("cpu", copy=True)
+            elif self.rank == 0:
+                state[name] = param.data.detach().to("cpu", copy=True)
+        if self.rank == 0:
+            persistent = set(module.state_dict().keys())
+            for name, buffer in module.named_buffers():
+                if name in persistent:
+                    state[name] = buffer.detach().to("cpu", copy=True)
+            return state
+        return None

@@ -1,0 +1,1 @@
+"""The bundled tiny task: movie reviews of mixed sentiment, a tokenizer and a small Llama, built locally."""

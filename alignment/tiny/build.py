@@ -1,0 +1,153 @@
+"""`align tiny build`: corpus, tokenizer and a small Llama trained by our own SFT trainer.
+
+Everything is made here from a seed; nothing is downloaded. The result is cached: a second
+build with the same settings reuses it. The directory appears only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+from pydantic import Field
+
+from alignment.config import ClusterConfig, Section, align_home
+
+
+class TinyBuildConfig(Section):
+    """How the tiny task is made (defaults: a ~2M-parameter model in a few minutes on 2 cores)."""
+
+    out: str | None = Field(None, description="Output directory; None is $ALIGN_HOME/tiny.")
+    seed: int = Field(0, description="Seed for the corpus, the tokenizer order, initialisation and training.")
+    sft_rows: int = Field(8000, ge=64, description="Generated SFT conversations for training.")
+    eval_rows: int = Field(256, ge=8, description="Generated SFT conversations held out (unseen titles).")
+    vocab_size: int = Field(1024, ge=300, description="BPE vocabulary size.")
+    hidden_size: int = Field(192, ge=16, description="Model width.")
+    layers: int = Field(4, ge=1, description="Transformer blocks.")
+    heads: int = Field(3, ge=1, description="Attention heads (head size = hidden_size / heads).")
+    intermediate_size: int = Field(512, ge=16, description="MLP width.")
+    max_positions: int = Field(256, ge=64, description="Context length of the model.")
+    steps: int = Field(500, ge=1, description="SFT optimizer steps.")
+    batch_size: int = Field(32, ge=2, description="SFT global batch size.")
+    lr: float = Field(2e-3, gt=0, description="SFT peak learning rate (cosine, 5% warm-up).")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Ray workers for the SFT run.")
+
+    def output_path(self) -> Path:
+        return Path(self.out).expanduser() if self.out else align_home() / "tiny"
+
+    def fingerprint(self) -> str:
+        settings = self.model_dump(mode="json", exclude={"out", "cluster"})
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_tiny(config: TinyBuildConfig, force: bool = False) -> Path:
+    """Build (or reuse) the tiny task; returns its directory. See docs/tiny_task.md for the layout."""
+    out = config.output_path()
+    manifest = out / "manifest.json"
+    if not force and manifest.is_file() and json.loads(manifest.read_text()).get("fingerprint") == config.fingerprint():
+        print(f"tiny task already built at {out} (fingerprint {config.fingerprint()}); reusing it")
+        return out
+    from alignment.checkpoint import check_output_dir
+
+    check_output_dir(out.parent)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    _write_data(config, staging / "data")
+    tokenizer = _train_tokenizer(config, staging)
+    _init_model(config, tokenizer, staging / "init")
+    timings["data_tokenizer_init_s"] = round(time.perf_counter() - t, 2)
+
+    t = time.perf_counter()
+    _train_base(config, staging)
+    timings["sft_s"] = round(time.perf_counter() - t, 2)
+
+    (staging / "manifest.json").write_text(json.dumps({
+        "fingerprint": config.fingerprint(),
+        "config": config.model_dump(mode="json", exclude={"out"}),
+        "timings": {**timings, "total_s": round(time.perf_counter() - started, 2)},
+        "base_model": "base", "tokenizer": "tokenizer",
+    }, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    print(f"tiny task built at {out} in {time.perf_counter() - started:.0f} s: base model {out / 'base'}")
+    return out
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+def _write_data(config: TinyBuildConfig, data_dir: Path) -> None:
+    from alignment.tiny.corpus import make_prompt_rows, make_sft_rows, split_titles
+
+    train_titles, eval_titles = split_titles(config.seed)
+    _write_jsonl(data_dir / "sft_train.jsonl", make_sft_rows(config.seed, train_titles, config.sft_rows))
+    _write_jsonl(data_dir / "sft_eval.jsonl", make_sft_rows(config.seed + 1, eval_titles, config.eval_rows))
+    _write_jsonl(data_dir / "prompts_train.jsonl", make_prompt_rows(config.seed + 2, train_titles))
+    _write_jsonl(data_dir / "prompts_eval.jsonl", make_prompt_rows(config.seed + 3, eval_titles))
+
+
+def _train_tokenizer(config: TinyBuildConfig, staging: Path):
+    from alignment.tiny.tokenizer import train_tokenizer
+
+    texts = []
+    for line in (staging / "data" / "sft_train.jsonl").read_text().splitlines():
+        texts.extend(message["content"] for message in json.loads(line)["messages"])
+    return train_tokenizer(texts, config.vocab_size, staging / "tokenizer")
+
+
+def _init_model(config: TinyBuildConfig, tokenizer, out_dir: Path) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(config.seed)
+    model_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.layers,
+        num_attention_heads=config.heads,
+        num_key_value_heads=config.heads,
+        max_position_embeddings=config.max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    model = LlamaForCausalLM(model_config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def _train_base(config: TinyBuildConfig, staging: Path) -> None:
+    from alignment.config import SFTConfig
+    from alignment.sft import run_sft
+
+    sft = SFTConfig.model_validate({
+        "model": str(staging / "init"),
+        "output_dir": str(staging / "sft_run"),
+        "data": {"train": str(staging / "data" / "sft_train.jsonl"), "eval": str(staging / "data" / "sft_eval.jsonl"),
+                 "max_length": config.max_positions},
+        "train": {"micro_batch_size": config.batch_size // config.cluster.num_workers,
+                  "global_batch_size": config.batch_size, "max_steps": config.steps,
+                  "eval_every": max(1, config.steps // 5), "save_every": config.steps, "keep_checkpoints": 1,
+                  "seed": config.seed},
+        "optim": {"lr": config.lr, "scheduler": "cosine", "warmup_ratio": 0.05, "min_lr_ratio": 0.1,
+                  "weight_decay": 0.01},
+        "strategy": {"zero_stage": 0},
+        "cluster": config.cluster.model_dump(),
+    })
+    final = run_sft(sft)
+    shutil.copytree(final, staging / "base")
+    shutil.rmtree(staging / "sft_run" / "checkpoints", ignore_errors=True)

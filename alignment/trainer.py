@@ -1,0 +1,233 @@
+"""The training loop shared by SFT, reward-model and DPO jobs.
+
+A driver (plain Python) owns the loop, the data order, metrics and checkpoints; an
+ActorGroup of :class:`TrainWorker` ranks owns model shards and does the math. Losses are
+normalised by the *global* count of units (tokens for SFT, pairs for DPO) in the optimizer
+step, so the result is independent of how the batch is split over ranks and micro-batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from alignment.checkpoint import CheckpointManager, check_output_dir
+from alignment.cluster.group import ActorGroup, DistributedWorker
+from alignment.config import dump_config
+from alignment.errors import AlignError
+from alignment.strategy import DeepSpeedStrategy
+from alignment.tracking import PhaseTimer, Tracker
+
+
+class TrainWorker(DistributedWorker):
+    """One rank of a trained model. Subclasses say how to load data and compute a batch loss."""
+
+    config_class: type[BaseModel]
+
+    # ---- to implement ------------------------------------------------------------------------
+    def load_data(self) -> tuple[list, list]:
+        """(train examples, eval examples), identical on every rank."""
+        raise NotImplementedError
+
+    def build_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def batch_loss(self, examples: list) -> tuple[torch.Tensor, float, dict[str, float]]:
+        """(summed loss over units, number of units, summed extra metrics) of one micro-batch."""
+        raise NotImplementedError
+
+    # ---- provided ------------------------------------------------------------------------------
+    def setup(self, config: dict) -> dict[str, int]:
+        self.config = self.config_class.model_validate(config)
+        torch.manual_seed(self.config.train.seed)
+        train = self.config.train
+        self.micro_batch_size = train.micro_batch_size
+        self.accumulation = train.global_batch_size // (train.micro_batch_size * self.world_size)
+        self.strategy = DeepSpeedStrategy(self.config.strategy, train.micro_batch_size, self.accumulation)
+        self.train_examples, self.eval_examples = self.load_data()
+        return {"train": len(self.train_examples), "eval": len(self.eval_examples)}
+
+    def prepare(self, total_steps: int) -> int:
+        """Build the model and its DeepSpeed engine; returns the trainable parameter count."""
+        self.strategy.before_model_load(train=True)
+        model = self.build_model()
+        if self.config.train.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.engine = self.strategy.prepare(model, self.config.optim, total_steps)
+        return sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())
+
+    def _micro_batches(self, examples: list) -> list[list]:
+        size = self.micro_batch_size
+        return [examples[i : i + size] for i in range(0, len(examples), size)]
+
+    def train_step(self, indices: list[int]) -> dict[str, float]:
+        """One optimizer step over this rank's share of the global batch ``indices``."""
+        from alignment.data import shard
+
+        self.engine.train()
+        mine = [self.train_examples[i] for i in shard(indices, self.rank, self.world_size)]
+        batches = self._micro_batches(mine)
+        local_units = sum(self.count_units(batch) for batch in batches)
+        (global_units,) = self.strategy.all_reduce_sum([local_units])
+        # DeepSpeed divides by accumulation steps and averages over ranks; undo both so the
+        # gradient is that of (sum of unit losses) / (units in the global batch).
+        scale = self.world_size * self.accumulation / max(global_units, 1.0)
+        totals: dict[str, float] = {"loss_sum": 0.0, "units": local_units}
+        for batch in batches:
+            loss_sum, _, extra = self.batch_loss(batch)
+            self.strategy.backward(loss_sum * scale)
+            self.strategy.step()
+            totals["loss_sum"] += float(loss_sum.detach())
+            for key, value in extra.items():
+                totals[key] = totals.get(key, 0.0) + value
+        totals["grad_norm"] = self.strategy.grad_norm()
+        totals["lr"] = self.strategy.current_lr()
+        return totals
+
+    def count_units(self, batch: list) -> float:
+        return float(len(batch))
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Summed loss and metrics over this rank's share of the held-out set.
+
+        Every rank runs the same number of forward passes (ZeRO-3 gathers are collective);
+        ranks with fewer examples repeat one example with weight 0.
+        """
+        self.engine.eval()
+        mine = self.eval_examples[self.rank :: self.world_size]
+        per_rank = math.ceil(len(self.eval_examples) / self.world_size)
+        totals: dict[str, float] = {"loss_sum": 0.0, "units": 0.0}
+        for start in range(0, per_rank, self.micro_batch_size):
+            batch = mine[start : start + self.micro_batch_size]
+            weight = 1.0 if batch else 0.0
+            loss_sum, units, extra = self.batch_loss(batch or self.eval_examples[:1])
+            totals["loss_sum"] += weight * float(loss_sum)
+            totals["units"] += weight * units
+            for key, value in extra.items():
+                totals[key] = totals.get(key, 0.0) + weight * value
+        return totals
+
+    def save(self, directory: str) -> None:
+        self.strategy.save_checkpoint(Path(directory))
+
+    def load(self, directory: str) -> None:
+        self.strategy.load_checkpoint(Path(directory))
+
+    def export_hf(self, directory: str) -> None:
+        """Plain HF weights + tokenizer into ``directory`` (all ranks gather, rank 0 writes)."""
+        from alignment.models import save_hf_model
+
+        state = self.strategy.full_state_dict()
+        if self.rank == 0:
+            save_hf_model(state, self.config.model, self.tokenizer, Path(directory))
+        self.strategy.barrier()
+
+
+def reduce_metrics(results: list[dict[str, float]], prefix: str) -> dict[str, float]:
+    """Sum rank results and turn sums into means per unit: loss_sum/units -> loss, x_sum -> x."""
+    units = sum(r["units"] for r in results)
+    merged: dict[str, float] = {}
+    for key in results[0]:
+        if key in ("units", "grad_norm", "lr"):
+            continue
+        total = sum(r[key] for r in results)
+        merged[f"{prefix}/{key.removesuffix('_sum')}"] = total / max(units, 1.0)
+    for key in ("grad_norm", "lr"):
+        if key in results[0]:
+            merged[f"{prefix}/{key}"] = results[0][key]
+    return merged
+
+
+def run_training(config: Any, worker_cls: type[TrainWorker], resume: bool = False) -> Path:
+    """Drive a training job end to end; returns the directory of the final HF model."""
+    from tqdm import tqdm
+
+    from alignment.cluster.runtime import start_ray
+    from alignment.data import StepSampler
+
+    output_dir = check_output_dir(config.output_dir)
+    checkpoints = CheckpointManager(output_dir, keep=config.train.keep_checkpoints)
+    resume_from = checkpoints.latest() if resume else None
+    if resume and resume_from is None:
+        print(f"no checkpoint under {checkpoints.root}; starting from scratch")
+    (output_dir / "config.yaml").write_text(dump_config(config))
+
+    timer = PhaseTimer()
+    with timer.phase("startup"):
+        start_ray(config.cluster)
+        group = ActorGroup(worker_cls, config.cluster, name=worker_cls.__name__.lower(),
+                           timeout_minutes=config.strategy.timeout_minutes)
+        sizes = group.call("setup", config.model_dump(mode="json"))[0]
+        sampler = StepSampler(sizes["train"], config.train.global_batch_size, config.train.seed, config.data.shuffle)
+        total_steps = config.train.max_steps or sampler.steps_per_epoch * config.train.epochs
+        parameters = group.call("prepare", total_steps)[0]
+    start_step = 0
+    if resume_from is not None:
+        with timer.phase("resume"):
+            group.call("load", str(resume_from))
+            start_step = checkpoints.load_state(resume_from)["step"]
+        print(f"resumed from {resume_from} at step {start_step}")
+    print(
+        f"{worker_cls.__name__}: {parameters / 1e6:.2f}M parameters, {sizes['train']} train / {sizes['eval']} eval rows, "
+        f"{total_steps} steps of {config.train.global_batch_size} on {config.cluster.num_workers} ranks, "
+        f"ZeRO-{config.strategy.zero_stage}; startup {timer.pop()['time/startup_s']:.1f} s"
+    )
+
+    tracker = Tracker(output_dir, config.tracking, config.model_dump(mode="json"), resume_step=start_step)
+    progress = tqdm(total=total_steps, initial=start_step, desc="train", disable=not config.tracking.progress,
+                    dynamic_ncols=True)
+    try:
+        for step in range(start_step + 1, total_steps + 1):
+            started = time.perf_counter()
+            with timer.phase("train"):
+                results = group.call("train_step", sampler.indices(step - 1))
+            metrics = reduce_metrics(results, "train")
+            if not math.isfinite(metrics["train/loss"]):
+                raise AlignError(f"loss is {metrics['train/loss']} at step {step}; stopping without saving. "
+                                 f"The last good checkpoint is {checkpoints.latest()}")
+            metrics["train/epoch"] = (step - 1) / sampler.steps_per_epoch
+            if step % config.train.eval_every == 0 or step == total_steps:
+                with timer.phase("eval"):
+                    metrics.update(reduce_metrics(group.call("evaluate"), "eval")) if sizes["eval"] else None
+            if step % config.train.save_every == 0 or step == total_steps:
+                with timer.phase("checkpoint"):
+                    save_checkpoint(group, checkpoints, step, metrics)
+            metrics.update(timer.pop())
+            metrics["time/step_s"] = round(time.perf_counter() - started, 4)
+            if step % config.tracking.log_every == 0 or step == total_steps:
+                tracker.log(step, metrics)
+            progress.update(1)
+            progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+        final = output_dir / "final"
+        latest = checkpoints.latest()
+        if latest is not None:
+            _replace_dir(latest / "hf", final)
+        print(f"final model: {final}\nmetrics: {tracker.path}")
+        return final
+    finally:
+        progress.close()
+        tracker.close()
+        group.shutdown()
+
+
+def save_checkpoint(group: ActorGroup, checkpoints: CheckpointManager, step: int, metrics: dict) -> Path:
+    staging = checkpoints.staging_dir(step)
+    group.call("save", str(staging))
+    group.call("export_hf", str(staging / "hf"))
+    return checkpoints.commit(step, {"step": step, "metrics": metrics})
+
+
+def _replace_dir(source: Path, target: Path) -> None:
+    import shutil
+
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)

@@ -1,0 +1,5 @@
+"""Placeholder replaced by the labeling branch."""
+
+
+def register(subparsers) -> None:
+    return None

@@ -1,0 +1,91 @@
+"""Shared fixtures: the tiny task, a micro model for fast distributed tests, one Ray runtime per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from alignment.runtime_env import configure_environment
+
+configure_environment()
+REPO = Path(__file__).resolve().parent.parent
+ALIGN = [sys.executable, "-m", "alignment.cli"]
+
+
+@pytest.fixture(scope="session")
+def tiny_task() -> Path:
+    """The bundled tiny task at its default settings (built once, then reused from $ALIGN_HOME/tiny)."""
+    from alignment.tiny.build import TinyBuildConfig, build_tiny
+
+    return build_tiny(TinyBuildConfig())
+
+
+@pytest.fixture(scope="session")
+def micro_model(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer Llama (hidden 64) with a BPE tokenizer, built in about a second."""
+    from alignment.tiny.build import TinyBuildConfig, _init_model
+    from alignment.tiny.corpus import make_sft_rows, split_titles
+    from alignment.tiny.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("micro")
+    titles, _ = split_titles(0)
+    rows = make_sft_rows(0, titles, 400)
+    tokenizer = train_tokenizer((m["content"] for r in rows for m in r["messages"]), 400, root / "tokenizer")
+    config = TinyBuildConfig(hidden_size=64, layers=2, heads=2, intermediate_size=128, max_positions=128)
+    _init_model(config, tokenizer, root / "model")
+    write_jsonl(root / "sft.jsonl", rows[:96])
+    return root
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_runtime():
+    """One local Ray runtime for the in-process distributed tests."""
+    import ray
+
+    from alignment.cluster.runtime import start_ray
+    from alignment.config import ClusterConfig
+
+    start_ray(ClusterConfig())
+    yield ray
+    ray.shutdown()
+
+
+def sft_config(micro_model: Path, output_dir: Path, **overrides):
+    """A small SFT config on the micro model: 4 steps of 8 sequences, micro-batch 2 on 2 ranks (2 accumulation)."""
+    from alignment.config import SFTConfig
+
+    tree = {
+        "model": str(micro_model / "model"),
+        "output_dir": str(output_dir),
+        "data": {"train": str(micro_model / "sft.jsonl"), "eval_fraction": 0.1, "max_length": 96},
+        "train": {"micro_batch_size": 2, "global_batch_size": 8, "max_steps": 4, "eval_every": 2, "save_every": 2},
+        "optim": {"lr": 3e-3, "scheduler": "constant", "weight_decay": 0.01},
+        "strategy": {"zero_stage": 2, "grad_clip": 1.0, "param_persistence_threshold": 0},
+        "tracking": {"progress": False},
+    }
+    for key, value in overrides.items():
+        node = tree
+        *parents, leaf = key.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return SFTConfig.model_validate(tree)
+
+
+def read_metrics(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
