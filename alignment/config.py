@@ -35,6 +35,7 @@ class ClusterConfig(Section):
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per actor (0 on CPU machines).")
     object_store_mb: int = Field(256, ge=64, description="Ray object store size when starting a local runtime.")
     spread_nodes: bool = Field(False, description="Place one group's actors on different nodes (STRICT_SPREAD) instead of packing them.")
+    placement_timeout_s: float = Field(120.0, gt=0, description="How long to wait for Ray to find room for a group before failing.")
 
 
 class StrategyConfig(Section):

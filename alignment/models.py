@@ -36,17 +36,17 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32):
 
 
 def save_hf_model(state_dict: dict[str, torch.Tensor], source_dir: str | Path, tokenizer, out_dir: Path) -> None:
-    """Write ``state_dict`` as a plain HF model (config from ``source_dir``) plus tokenizer into ``out_dir``."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """Write ``state_dict`` as a plain HF model (config from ``source_dir``) plus tokenizer into ``out_dir``.
 
-    config = AutoConfig.from_pretrained(str(source_dir))
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(dict(state_dict), strict=False, assign=True)
-    model.tie_weights()
-    missing = [name for name, p in model.named_parameters() if p.is_meta]
-    if missing:
-        raise RuntimeError(f"exported state dict misses {missing[:5]}")
+    No model is instantiated (under ZeRO-3 that would be partitioned again): config, sharded
+    safetensors and tokenizer are written directly, in the layout ``from_pretrained`` reads.
+    """
+    from huggingface_hub import save_torch_state_dict
+    from transformers import AutoConfig, GenerationConfig
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir), state_dict=dict(state_dict))
+    AutoConfig.from_pretrained(str(source_dir)).save_pretrained(str(out_dir))
+    if (Path(source_dir) / "generation_config.json").is_file():
+        GenerationConfig.from_pretrained(str(source_dir)).save_pretrained(str(out_dir))
+    save_torch_state_dict({k: v.contiguous() for k, v in state_dict.items()}, str(out_dir), max_shard_size="5GB")
     tokenizer.save_pretrained(str(out_dir))

@@ -201,9 +201,9 @@ class DeepSpeedStrategy:
             elif self.rank == 0:
                 state[name] = param.data.detach().to("cpu", copy=True)
         if self.rank == 0:
-            persistent = set(module.state_dict().keys())
-            for name, buffer in module.named_buffers():
-                if name in persistent:
-                    state[name] = buffer.detach().to("cpu", copy=True)
+            for prefix, submodule in module.named_modules():
+                for name, buffer in submodule.named_buffers(recurse=False):
+                    if name not in submodule._non_persistent_buffers_set:
+                        state[f"{prefix}.{name}" if prefix else name] = buffer.detach().to("cpu", copy=True)
             return state
         return None

@@ -78,7 +78,7 @@ class ActorGroup:
         call_timeout_s: float | None = None,
     ) -> None:
         import ray
-        from ray.util.placement_group import placement_group
+        from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.name = name
@@ -90,8 +90,9 @@ class ActorGroup:
         strategy = "STRICT_SPREAD" if cluster.spread_nodes else "PACK"
         self.placement_group = placement_group([dict(bundle)] * self.size, strategy=strategy)
         try:
-            ray.get(self.placement_group.ready(), timeout=120)
+            ray.get(self.placement_group.ready(), timeout=cluster.placement_timeout_s)
         except ray.exceptions.GetTimeoutError:
+            remove_placement_group(self.placement_group)
             raise AlignError(
                 f"group {name!r}: Ray could not place {self.size} workers with {bundle} each "
                 f"({strategy}); available: {ray.available_resources()}"

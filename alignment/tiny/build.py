@@ -39,8 +39,12 @@ class TinyBuildConfig(Section):
         return Path(self.out).expanduser() if self.out else align_home() / "tiny"
 
     def fingerprint(self) -> str:
-        settings = self.model_dump(mode="json", exclude={"out", "cluster"})
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        """Changes with any setting or with the code that generates the task."""
+        settings = json.dumps(self.model_dump(mode="json", exclude={"out", "cluster"}), sort_keys=True)
+        digest = hashlib.sha256(settings.encode())
+        for source in ("corpus.py", "tokenizer.py", "build.py"):
+            digest.update((Path(__file__).parent / source).read_bytes())
+        return digest.hexdigest()[:16]
 
 
 def build_tiny(config: TinyBuildConfig, force: bool = False) -> Path:
