@@ -15,8 +15,9 @@ import json
 import os
 import random
 import secrets
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from alignment.errors import AlignError
 
@@ -164,7 +165,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(connection):  # noqa: ANN001
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql(f"BEGIN {connection.get_execution_options().get('sqlite_begin', 'IMMEDIATE')}")
 
 
 class Store:
@@ -183,12 +184,20 @@ class Store:
             Base.metadata.create_all(self.engine)
         except ModuleNotFoundError as error:
             raise AlignError(f"database driver missing for {url!r}: {error}; install psycopg[binary]") from error
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.is_sqlite = self.url.startswith("sqlite")
+        # SQLite has one writer at a time; queueing writers of this process on a lock is fair and
+        # fast, where SQLite's own busy handler polls with growing sleeps (seconds of tail latency).
+        self._write_lock = threading.Lock()
 
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        with self._sessions() as session, session.begin():
-            yield session
+    def transaction(self, write: bool = True) -> Iterator[Session]:
+        """One transaction; ``write=False`` for reads (on SQLite a deferred, lock-free BEGIN)."""
+        lock = self._write_lock if write and self.is_sqlite else nullcontext()
+        begin = "IMMEDIATE" if write else "DEFERRED"
+        with lock, self.engine.connect() as connection:
+            connection = connection.execution_options(sqlite_begin=begin)
+            with Session(bind=connection, expire_on_commit=False) as session, session.begin():
+                yield session
 
     def close(self) -> None:
         self.engine.dispose()
@@ -237,7 +246,7 @@ def add_user(store: Store, name: str, password: str, role: str = "annotator", *,
 
 
 def list_users(store: Store) -> list[dict[str, Any]]:
-    with store.transaction() as session:
+    with store.transaction(write=False) as session:
         users = session.scalars(select(User).order_by(User.name)).all()
         return [{"name": u.name, "role": u.role, "created_at": u.created_at.isoformat()} for u in users]
 
@@ -252,7 +261,7 @@ def authenticate(store: Store, name: str, password: str) -> User | None:
 
 
 def get_user(store: Store, name: str) -> User:
-    with store.transaction() as session:
+    with store.transaction(write=False) as session:
         user = session.scalar(select(User).where(User.name == name))
     if user is None:
         raise AlignError(f"no user named {name!r}")
@@ -273,7 +282,7 @@ def create_api_session(store: Store, user: User) -> str:
 
 
 def user_for_token(store: Store, token: str) -> User | None:
-    with store.transaction() as session:
+    with store.transaction(write=False) as session:
         api_session = session.get(ApiSession, hashlib.sha256(token.encode()).hexdigest())
         if api_session is None or api_session.expires_at < now():
             return None
@@ -372,7 +381,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def list_projects(store: Store) -> list[str]:
-    with store.transaction() as session:
+    with store.transaction(write=False) as session:
         return list(session.scalars(select(Project.name).order_by(Project.name)))
 
 
@@ -574,7 +583,7 @@ def expire_stale(store: Store, max_age: timedelta) -> int:
 
 
 def user_progress(store: Store, user: User, project_name: str) -> dict[str, int]:
-    with store.transaction() as session:
+    with store.transaction(write=False) as session:
         project = get_project(session, project_name)
         counts = dict(
             session.execute(
@@ -595,7 +604,7 @@ def user_progress(store: Store, user: User, project_name: str) -> dict[str, int]
 
 def project_progress(store: Store, project_name: str) -> dict[str, Any]:
     """Per project: items, annotations needed and done; per annotator: counts by status."""
-    with store.transaction() as session:
+    with store.transaction(write=False) as session:
         project = get_project(session, project_name)
         items = session.scalar(select(func.count()).select_from(Item).where(Item.project_id == project.id)) or 0
         per_user = session.execute(
@@ -632,7 +641,7 @@ class RankedItem(BaseModel):
 
 
 def ranked_items(store: Store, project_name: str, annotator: str | None = None) -> list[RankedItem]:
-    with store.transaction() as session:
+    with store.transaction(write=False) as session:
         project = get_project(session, project_name)
         query = (
             select(Ranking, User.name)
@@ -662,7 +671,7 @@ def ranked_items(store: Store, project_name: str, annotator: str | None = None) 
 
 
 def flagged_items(store: Store, project_name: str) -> list[dict[str, Any]]:
-    with store.transaction() as session:
+    with store.transaction(write=False) as session:
         project = get_project(session, project_name)
         rows = session.execute(
             select(Item.external_id, User.name, Assignment.reason, Assignment.finished_at)
@@ -675,7 +684,7 @@ def flagged_items(store: Store, project_name: str) -> list[dict[str, Any]]:
 
 
 def audit_log(store: Store, limit: int = 200) -> list[dict[str, Any]]:
-    with store.transaction() as session:
+    with store.transaction(write=False) as session:
         entries = session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)).all()
         return [
             {"at": e.at.isoformat(timespec="seconds"), "user": e.user_name, "action": e.action, "detail": json.dumps(e.detail)}
