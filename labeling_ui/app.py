@@ -36,7 +36,8 @@ KEYBOARD_JS = """
 <script>
 (() => {
   let current = 0;
-  const cards = () => [...document.querySelectorAll('.cand-card')].filter(c => c.offsetParent !== null);
+  const cards = () => [...Array(8).keys()].map(i => document.getElementById('cand-' + i))
+    .filter(c => c && c.offsetParent !== null);
   const pick = (i) => {
     const all = cards(); if (!all.length) return;
     current = Math.max(0, Math.min(i, all.length - 1));
@@ -47,8 +48,8 @@ KEYBOARD_JS = """
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     if (t && (t.tagName === 'TEXTAREA' || (t.tagName === 'INPUT' && t.type !== 'radio'))) return;
     const k = e.key.toLowerCase();
-    if (k >= 'a' && k <= 'h') { pick(k.charCodeAt(0) - 97); e.preventDefault(); return; }
-    if (k >= '1' && k <= '8') {
+    if (k.length === 1 && k >= 'a' && k <= 'h') { pick(k.charCodeAt(0) - 97); e.preventDefault(); return; }
+    if (k.length === 1 && k >= '1' && k <= '8') {
       const card = cards()[current]; if (!card) return;
       const radio = card.querySelector(`input[type=radio][value="${k}"]`);
       if (radio) { radio.click(); pick(current + 1); e.preventDefault(); }
@@ -107,11 +108,11 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                 progress = gr.Markdown("", elem_id="my-progress")
                 with gr.Accordion("Guidelines", open=False):
                     guidelines = gr.Markdown("")
-                prompt = gr.Markdown("", elem_id="prompt")
+                prompt = gr.Markdown("", elem_id="prompt", line_breaks=True)
                 cards, texts, radios = [], [], []
                 for i in range(st.MAX_CANDIDATES):
                     with gr.Group(visible=False, elem_classes=["cand-card"], elem_id=f"cand-{i}") as card:
-                        texts.append(gr.Markdown("", elem_classes=["cand-text"]))
+                        texts.append(gr.Markdown("", elem_classes=["cand-text"], line_breaks=True))
                         radios.append(gr.Radio([], label=f"Rank of {LETTERS[i]} (1 = best; ties allowed)",
                                                elem_id=f"rank-{i}"))
                     cards.append(card)
@@ -151,6 +152,11 @@ def build_blocks(store: st.Store) -> gr.Blocks:
 
         candidate_outputs = [*cards, *texts, *radios]
 
+        def blank(message: str):
+            hidden = [gr.update(visible=False)] * st.MAX_CANDIDATES
+            keep = [gr.update()] * (2 * st.MAX_CANDIDATES)
+            return (None, "", "", "", message, *hidden, *keep)
+
         def render(task: st.Task | None, user: st.User, project_name: str, message: str = ""):
             mine = st.user_progress(store, user, project_name)
             progress_text = (
@@ -179,22 +185,24 @@ def build_blocks(store: st.Store) -> gr.Blocks:
             user = _user(store, request)
             projects = st.list_projects(store)
             first = projects[0] if projects else None
+            admin = user.role == "admin"
             return (
                 f"Logged in as **{user.name}** ({user.role})",
                 gr.update(choices=projects, value=first),
-                gr.update(visible=user.role == "admin"),
-                gr.update(choices=projects, value=first),
+                gr.update(visible=admin),
+                gr.update(choices=projects, value=first) if admin else gr.update(),
             )
 
         @_guard
         def on_next(project_name: str, request: gr.Request):
             if not project_name:
-                raise AlignError("choose a project first")
+                return blank("Choose a project, then press **Start / next item**.")
             user = _user(store, request)
             return render(st.claim_next(store, user, project_name), user, project_name)
 
         @_guard
-        def on_submit(state: dict | None, project_name: str, *ranks: str | None, request: gr.Request):
+        def on_submit(state: dict | None, project_name: str, r0, r1, r2, r3, r4, r5, r6, r7, request: gr.Request):
+            ranks = (r0, r1, r2, r3, r4, r5, r6, r7)  # one per candidate slot (MAX_CANDIDATES)
             if not state:
                 raise AlignError("no open item: press 'Start / next item'")
             user = _user(store, request)
@@ -218,7 +226,9 @@ def build_blocks(store: st.Store) -> gr.Blocks:
             return on_release
 
         private = {"api_visibility": "private"}
-        blocks.load(on_load, None, [who, project, admin_tab, admin_project], **private)
+        blocks.load(on_load, None, [who, project, admin_tab, admin_project], **private).then(
+            on_next, [project], task_outputs, **private
+        )
         start.click(on_next, [project], task_outputs, **private)
         submit.click(on_submit, [task_state, project, *radios], task_outputs, **private)
         skip.click(releaser("skipped"), [task_state, project, reason], [*task_outputs, reason], **private)
@@ -226,9 +236,9 @@ def build_blocks(store: st.Store) -> gr.Blocks:
 
         @_guard
         def on_refresh(project_name: str, request: gr.Request):
-            _admin(store, request)
             if not project_name:
-                raise AlignError("choose a project first")
+                return (gr.update(),) * 6
+            _admin(store, request)
             progress_data = st.project_progress(store, project_name)
             report = agreement_report(store, project_name)
             rows = [{"annotator": name, **counts} for name, counts in sorted(progress_data["annotators"].items())]
