@@ -18,25 +18,36 @@ from labeling_ui.load import run_load  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--annotators", type=int, default=50)
     parser.add_argument("--rankings", type=int, default=20, help="rankings each annotator submits")
     parser.add_argument("-m", type=int, default=3, help="annotations per item")
-    parser.add_argument("--kill-after", type=int, default=None,
-                        help="SIGKILL and restart the server after this many acknowledged submissions")
+    parser.add_argument(
+        "--kill-after",
+        type=int,
+        default=None,
+        help="SIGKILL and restart the server after this many acknowledged submissions",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="align-label-load-"))
     result, checks = run_load(workdir, args.annotators, args.rankings, args.m, kill_after=args.kill_after)
     rows = [
         ("annotators x rankings", f"{args.annotators} x {args.rankings} (M={args.m})"),
-        ("server SIGKILLed and restarted", f"after {args.kill_after} acks" if args.kill_after is not None else "no"),
+        (
+            "server SIGKILLed and restarted",
+            f"after {args.kill_after} acks" if args.kill_after is not None else "no",
+        ),
         ("acknowledged / stored", f"{checks['acknowledged']} / {checks['stored']}"),
         ("submits retried after the crash", str(result.retried_after_crash)),
         ("lost / duplicated / over M", f"{checks['lost']} / {checks['duplicated']} / {checks['over_m']}"),
         ("client errors", str(checks["errors"])),
-        ("submit latency p50 / p95 / max (ms)",
-         f"{1000 * result.p(50):.1f} / {1000 * result.p(95):.1f} / {1000 * max(result.latencies):.1f}"),
+        (
+            "submit latency p50 / p95 / max (ms)",
+            f"{1000 * result.p(50):.1f} / {1000 * result.p(95):.1f} / {1000 * max(result.latencies):.1f}",
+        ),
         ("wall time (s)", f"{result.wall_seconds:.1f}"),
         ("throughput (submits/s)", f"{checks['acknowledged'] / result.wall_seconds:.1f}"),
     ]

@@ -19,10 +19,16 @@ def agreement_report(store: st.Store, project: str) -> dict[str, Any]:
         order = consensus(item.rankings)
         levels = sorted(set(order.values()))
         text = " > ".join(
-            " = ".join(repr(item.candidates[c][:40]) for c in sorted(order) if order[c] == level) for level in levels
+            " = ".join(repr(item.candidates[c][:40]) for c in sorted(order) if order[c] == level)
+            for level in levels
         )
         consensus_rows.append(
-            {"item": item.external_id, "prompt": item.prompt[:80], "annotators": len(item.rankings), "consensus": text}
+            {
+                "item": item.external_id,
+                "prompt": item.prompt[:80],
+                "annotators": len(item.rankings),
+                "consensus": text,
+            }
         )
     return {
         "project": project,

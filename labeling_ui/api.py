@@ -1,13 +1,12 @@
 """A small JSON HTTP API beside the Gradio app (load tests, scripts): bearer-token auth, same store functions.
 
-    POST /api/v1/login                         {"name", "password"} -> {"token", "role"}
-    POST /api/v1/projects/{project}/next       -> {"task": {...} | null}
-    POST /api/v1/tasks/{id}/submit             {"ranks": {candidate_id: rank}} -> {"ranking_id"}
-    POST /api/v1/tasks/{id}/skip | /flag       {"reason"}
-    GET  /api/v1/projects/{project}/me         own progress
-    GET  /api/v1/admin/...                     progress, agreement, rankings, export, users, audit (admins only)
+POST /api/v1/login                         {"name", "password"} -> {"token", "role"}
+POST /api/v1/projects/{project}/next       -> {"task": {...} | null}
+POST /api/v1/tasks/{id}/submit             {"ranks": {candidate_id: rank}} -> {"ranking_id"}
+POST /api/v1/tasks/{id}/skip | /flag       {"reason"}
+GET  /api/v1/projects/{project}/me         own progress
+GET  /api/v1/admin/...                     progress, agreement, rankings, export, users, audit (admins only)
 """
-
 
 from typing import Annotated, Any
 
@@ -37,7 +36,9 @@ def build_router(store: st.Store) -> APIRouter:
         scheme, _, token = (authorization or "").partition(" ")
         user = st.user_for_token(store, token) if scheme.lower() == "bearer" and token else None
         if user is None:
-            raise HTTPException(401, "log in first: POST /api/v1/login, then send 'Authorization: Bearer <token>'")
+            raise HTTPException(
+                401, "log in first: POST /api/v1/login, then send 'Authorization: Bearer <token>'"
+            )
         return user
 
     def current_admin(user: Annotated[st.User, Depends(current_user)]) -> st.User:
@@ -71,7 +72,9 @@ def build_router(store: st.Store) -> APIRouter:
     def submit(assignment_id: int, user: User, body: Annotated[Any, Body()] = None) -> dict[str, int]:
         ranks = body.get("ranks") if isinstance(body, dict) else None
         if ranks is None:
-            raise AlignError('send {"ranks": {"<candidate id>": <rank>, ...}} with a rank for every candidate')
+            raise AlignError(
+                'send {"ranks": {"<candidate id>": <rank>, ...}} with a rank for every candidate'
+            )
         return {"ranking_id": st.submit_ranking(store, user, assignment_id, ranks)}
 
     @router.post("/tasks/{assignment_id}/skip")
@@ -102,9 +105,13 @@ def build_router(store: st.Store) -> APIRouter:
 
         rows = preference_rows(st.ranked_items(store, project), mode)  # type: ignore[arg-type]
         with store.transaction() as session:
-            st.audit(session, admin.name, "export", project=project, mode=mode, pairs=len(rows), file="(http)")
-        return PlainTextResponse("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
-                                 media_type="application/jsonl")
+            st.audit(
+                session, admin.name, "export", project=project, mode=mode, pairs=len(rows), file="(http)"
+            )
+        return PlainTextResponse(
+            "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
+            media_type="application/jsonl",
+        )
 
     @router.get("/admin/users")
     def users(_admin: Admin) -> list[dict[str, Any]]:
@@ -112,7 +119,10 @@ def build_router(store: st.Store) -> APIRouter:
 
     @router.post("/admin/users")
     def add_user(
-        admin: Admin, name: Annotated[str, Body()], password: Annotated[str, Body()], role: Annotated[str, Body()] = "annotator"
+        admin: Admin,
+        name: Annotated[str, Body()],
+        password: Annotated[str, Body()],
+        role: Annotated[str, Body()] = "annotator",
     ) -> dict[str, str]:
         st.add_user(store, name, password, role, by=admin.name)
         return {"name": name, "role": role}

@@ -113,8 +113,13 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                 for i in range(st.MAX_CANDIDATES):
                     with gr.Group(visible=False, elem_classes=["cand-card"], elem_id=f"cand-{i}") as card:
                         texts.append(gr.Markdown("", elem_classes=["cand-text"], line_breaks=True))
-                        radios.append(gr.Radio([], label=f"Rank of {LETTERS[i]} (1 = best; ties allowed)",
-                                               elem_id=f"rank-{i}"))
+                        radios.append(
+                            gr.Radio(
+                                [],
+                                label=f"Rank of {LETTERS[i]} (1 = best; ties allowed)",
+                                elem_id=f"rank-{i}",
+                            )
+                        )
                     cards.append(card)
                 gr.Markdown("Keys: **a-h** pick a candidate, **1-8** rank it, **Enter** submit, **x** skip.")
                 with gr.Row():
@@ -131,7 +136,9 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                 summary = gr.Markdown("", elem_id="admin-summary")
                 per_annotator = gr.Dataframe(label="Progress per annotator", interactive=False)
                 taus = gr.Dataframe(label="Kendall's tau-b per pair of annotators", interactive=False)
-                consensus_table = gr.Dataframe(label="Consensus ranking per item (mean rank)", interactive=False)
+                consensus_table = gr.Dataframe(
+                    label="Consensus ranking per item (mean rank)", interactive=False
+                )
                 flags = gr.Dataframe(label="Flagged items", interactive=False)
                 with gr.Row():
                     export_mode = gr.Radio(["all", "consensus"], value="all", label="Pairs")
@@ -165,8 +172,16 @@ def build_blocks(store: st.Store) -> gr.Blocks:
             )
             if task is None:
                 hidden = [gr.update(visible=False)] * st.MAX_CANDIDATES
-                return (None, progress_text, "", "**No items left for you in this project. Thank you!**",
-                        message, *hidden, *[gr.update()] * st.MAX_CANDIDATES, *[gr.update(value=None)] * st.MAX_CANDIDATES)
+                return (
+                    None,
+                    progress_text,
+                    "",
+                    "**No items left for you in this project. Thank you!**",
+                    message,
+                    *hidden,
+                    *[gr.update()] * st.MAX_CANDIDATES,
+                    *[gr.update(value=None)] * st.MAX_CANDIDATES,
+                )
             k = len(task.candidates)
             choices = [str(r) for r in range(1, k + 1)]
             card_updates = [gr.update(visible=i < k) for i in range(st.MAX_CANDIDATES)]
@@ -176,8 +191,16 @@ def build_blocks(store: st.Store) -> gr.Blocks:
             ]
             radio_updates = [gr.update(choices=choices, value=None) for _ in range(st.MAX_CANDIDATES)]
             state = {"assignment_id": task.assignment_id, "ids": [c["id"] for c in task.candidates]}
-            return (state, progress_text, task.guidelines or "_No guidelines for this project._",
-                    f"### Prompt\n\n{task.prompt}", message, *card_updates, *text_updates, *radio_updates)
+            return (
+                state,
+                progress_text,
+                task.guidelines or "_No guidelines for this project._",
+                f"### Prompt\n\n{task.prompt}",
+                message,
+                *card_updates,
+                *text_updates,
+                *radio_updates,
+            )
 
         task_outputs = [task_state, progress, guidelines, prompt, status, *candidate_outputs]
 
@@ -201,7 +224,9 @@ def build_blocks(store: st.Store) -> gr.Blocks:
             return render(st.claim_next(store, user, project_name), user, project_name)
 
         @_guard
-        def on_submit(state: dict | None, project_name: str, r0, r1, r2, r3, r4, r5, r6, r7, request: gr.Request):
+        def on_submit(
+            state: dict | None, project_name: str, r0, r1, r2, r3, r4, r5, r6, r7, request: gr.Request
+        ):
             ranks = (r0, r1, r2, r3, r4, r5, r6, r7)  # one per candidate slot (MAX_CANDIDATES)
             if not state:
                 raise AlignError("no open item: press 'Start / next item'")
@@ -210,7 +235,9 @@ def build_blocks(store: st.Store) -> gr.Blocks:
             missing = [LETTERS[i] for i in range(len(ids)) if not ranks[i]]
             if missing:
                 raise AlignError(f"rank every candidate before submitting (missing: {', '.join(missing)})")
-            st.submit_ranking(store, user, state["assignment_id"], {ids[i]: int(ranks[i]) for i in range(len(ids))})
+            st.submit_ranking(
+                store, user, state["assignment_id"], {ids[i]: int(ranks[i]) for i in range(len(ids))}
+            )
             return render(st.claim_next(store, user, project_name), user, project_name, "Saved. Next item:")
 
         def releaser(status_name: str):
@@ -220,7 +247,9 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                     raise AlignError("no open item: press 'Start / next item'")
                 user = _user(store, request)
                 st.release(store, user, state["assignment_id"], status_name, why)
-                result = render(st.claim_next(store, user, project_name), user, project_name, f"Item {status_name}.")
+                result = render(
+                    st.claim_next(store, user, project_name), user, project_name, f"Item {status_name}."
+                )
                 return (*result, "")
 
             return on_release
@@ -241,7 +270,9 @@ def build_blocks(store: st.Store) -> gr.Blocks:
             _admin(store, request)
             progress_data = st.project_progress(store, project_name)
             report = agreement_report(store, project_name)
-            rows = [{"annotator": name, **counts} for name, counts in sorted(progress_data["annotators"].items())]
+            rows = [
+                {"annotator": name, **counts} for name, counts in sorted(progress_data["annotators"].items())
+            ]
             text = (
                 f"**{project_name}**: {progress_data['done']} / {progress_data['needed']} annotations "
                 f"({progress_data['percent']}%), {progress_data['items']} items x M={progress_data['annotations_per_item']}. "
@@ -259,7 +290,9 @@ def build_blocks(store: st.Store) -> gr.Blocks:
         @_guard
         def on_export(project_name: str, mode: str, file_format: str, request: gr.Request):
             admin = _admin(store, request)
-            out = os.path.join(tempfile.mkdtemp(prefix="align-export-"), f"{project_name}-{mode}.{file_format}")
+            out = os.path.join(
+                tempfile.mkdtemp(prefix="align-export-"), f"{project_name}-{mode}.{file_format}"
+            )
             export_project(store, project_name, out, mode=mode, by=admin.name)  # type: ignore[arg-type]
             return out
 
@@ -267,10 +300,14 @@ def build_blocks(store: st.Store) -> gr.Blocks:
         def on_rankings(project_name: str, name: str, request: gr.Request):
             _admin(store, request)
             rows = [
-                {"item": item.external_id, "prompt": item.prompt[:80],
-                 "ranking": " , ".join(f"{item.candidates[c][:30]!r}: {r}" for c, r in ranks.items())}
+                {
+                    "item": item.external_id,
+                    "prompt": item.prompt[:80],
+                    "ranking": " , ".join(f"{item.candidates[c][:30]!r}: {r}" for c, r in ranks.items()),
+                }
                 for item in st.ranked_items(store, project_name, name or None)
-                for who_, ranks in item.rankings.items() if not name or who_ == name
+                for who_, ranks in item.rankings.items()
+                if not name or who_ == name
             ]
             return _frame(rows, ["item", "prompt", "ranking"])
 
@@ -285,7 +322,9 @@ def build_blocks(store: st.Store) -> gr.Blocks:
         admin_project.change(on_refresh, [admin_project], admin_outputs, **private)
         export_button.click(on_export, [admin_project, export_mode, export_format], [export_file], **private)
         show_rankings.click(on_rankings, [admin_project, annotator], [rankings_table], **private)
-        add_button.click(on_add_user, [new_name, new_password, new_role], [add_status, new_password], **private)
+        add_button.click(
+            on_add_user, [new_name, new_password, new_role], [add_status, new_password], **private
+        )
 
         _register_api(store)
     return blocks
@@ -309,7 +348,9 @@ def _register_api(store: st.Store) -> None:
     @_guard
     def submit(assignment_id: int, ranks: str, request: gr.Request) -> str:
         """Submit a ranking: ranks is JSON {candidate id: rank}, 1 = best, ties allowed."""
-        return json.dumps({"ranking_id": st.submit_ranking(store, _user(store, request), int(assignment_id), ranks)})
+        return json.dumps(
+            {"ranking_id": st.submit_ranking(store, _user(store, request), int(assignment_id), ranks)}
+        )
 
     @_guard
     def skip(assignment_id: int, reason: str, request: gr.Request) -> str:
@@ -332,7 +373,9 @@ def _register_api(store: st.Store) -> None:
     def admin_progress(project: str, request: gr.Request) -> str:
         """Admins: progress per project and annotator, with agreement."""
         _admin(store, request)
-        return json.dumps({**st.project_progress(store, project), "agreement": agreement_report(store, project)})
+        return json.dumps(
+            {**st.project_progress(store, project), "agreement": agreement_report(store, project)}
+        )
 
     @_guard
     def admin_rankings(project: str, annotator: str, request: gr.Request) -> str:
@@ -346,7 +389,15 @@ def _register_api(store: st.Store) -> None:
         admin = _admin(store, request)
         rows = preference_rows(st.ranked_items(store, project), mode)  # type: ignore[arg-type]
         with store.transaction() as session:
-            st.audit(session, admin.name, "export", project=project, mode=mode, pairs=len(rows), file="(gradio api)")
+            st.audit(
+                session,
+                admin.name,
+                "export",
+                project=project,
+                mode=mode,
+                pairs=len(rows),
+                file="(gradio api)",
+            )
         return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
     @_guard
@@ -356,7 +407,17 @@ def _register_api(store: st.Store) -> None:
         st.add_user(store, name, password, role, by=admin.name)
         return name
 
-    for fn in (claim, submit, skip, flag, my_progress, admin_progress, admin_rankings, admin_export, admin_add_user):
+    for fn in (
+        claim,
+        submit,
+        skip,
+        flag,
+        my_progress,
+        admin_progress,
+        admin_rankings,
+        admin_export,
+        admin_add_user,
+    ):
         gr.api(fn, api_name=fn.__name__, concurrency_limit=None)
 
 
@@ -371,12 +432,23 @@ def create_app(store: st.Store, host: str = "127.0.0.1", port: int = 7860) -> Fa
         return st.authenticate(store, name, password) is not None
 
     return gr.mount_gradio_app(
-        app, blocks, path="/", auth=check, auth_message="align labeling: log in with your account",
-        server_name=host, server_port=port, ssr_mode=False, footer_links=[], head=KEYBOARD_JS, css=CSS,
+        app,
+        blocks,
+        path="/",
+        auth=check,
+        auth_message="align labeling: log in with your account",
+        server_name=host,
+        server_port=port,
+        ssr_mode=False,
+        footer_links=[],
+        head=KEYBOARD_JS,
+        css=CSS,
     )
 
 
-def serve(db_url: str | None, host: str = "127.0.0.1", port: int = 7860, claim_timeout_minutes: float = 60) -> None:
+def serve(
+    db_url: str | None, host: str = "127.0.0.1", port: int = 7860, claim_timeout_minutes: float = 60
+) -> None:
     """Run the app with uvicorn until interrupted; open tasks older than the timeout go back to the pool."""
     import uvicorn
 

@@ -13,22 +13,31 @@ from alignment.errors import AlignError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "label", help="Labeling app: serve, users, import, export", description="Human ranking of candidate responses."
+        "label",
+        help="Labeling app: serve, users, import, export",
+        description="Human ranking of candidate responses.",
     )
     parser.set_defaults(func=lambda _args: parser.print_help() or 2)
     commands = parser.add_subparsers(dest="label_command", metavar="COMMAND")
 
     def with_db(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sub.add_argument("--db", default=os.environ.get("ALIGN_LABEL_DB"),
-                         help="SQLAlchemy URL: sqlite:///path.db or postgresql://... "
-                              "(default: $ALIGN_LABEL_DB, else sqlite under $ALIGN_HOME)")
+        sub.add_argument(
+            "--db",
+            default=os.environ.get("ALIGN_LABEL_DB"),
+            help="SQLAlchemy URL: sqlite:///path.db or postgresql://... "
+            "(default: $ALIGN_LABEL_DB, else sqlite under $ALIGN_HOME)",
+        )
         return sub
 
     serve = with_db(commands.add_parser("serve", help="run the web app (login required)"))
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     serve.add_argument("--port", type=int, default=7860)
-    serve.add_argument("--claim-timeout-minutes", type=float, default=60,
-                       help="an item left open this long goes back to the pool")
+    serve.add_argument(
+        "--claim-timeout-minutes",
+        type=float,
+        default=60,
+        help="an item left open this long goes back to the pool",
+    )
     serve.set_defaults(func=_serve)
 
     users = commands.add_parser("users", help="manage accounts")
@@ -44,17 +53,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     importer = with_db(commands.add_parser("import", help="import prompts with candidates from JSONL"))
     importer.add_argument("project")
-    importer.add_argument("file", help='JSONL: {"id": ..., "prompt": ..., "candidates": ["...", {"text": ..., "model": ...}]}')
-    importer.add_argument("--annotations-per-item", "-m", type=int, default=None,
-                          help="M distinct annotators per item (new projects: 3)")
+    importer.add_argument(
+        "file", help='JSONL: {"id": ..., "prompt": ..., "candidates": ["...", {"text": ..., "model": ...}]}'
+    )
+    importer.add_argument(
+        "--annotations-per-item",
+        "-m",
+        type=int,
+        default=None,
+        help="M distinct annotators per item (new projects: 3)",
+    )
     importer.add_argument("--guidelines", type=Path, help="Markdown file shown to annotators")
     importer.set_defaults(func=_import)
 
     export = with_db(commands.add_parser("export", help="export rankings as TRL preference pairs"))
     export.add_argument("project")
     export.add_argument("--out", required=True, help="output file, .jsonl or .parquet")
-    export.add_argument("--mode", choices=["all", "consensus"], default="all",
-                        help="all: every ordered pair of every ranking; consensus: pairs of the mean-rank consensus")
+    export.add_argument(
+        "--mode",
+        choices=["all", "consensus"],
+        default="all",
+        help="all: every ordered pair of every ranking; consensus: pairs of the mean-rank consensus",
+    )
     export.add_argument("--format", choices=["jsonl", "parquet"], help="default: from the file suffix")
     export.set_defaults(func=_export)
 
@@ -102,8 +122,13 @@ def _import(args: argparse.Namespace) -> int:
         if not args.guidelines.is_file():
             raise AlignError(f"no such guidelines file: {args.guidelines}")
         guidelines = args.guidelines.read_text(encoding="utf-8")
-    counts = import_items(_store(args), args.project, read_jsonl(args.file),
-                          annotations_per_item=args.annotations_per_item, guidelines=guidelines)
+    counts = import_items(
+        _store(args),
+        args.project,
+        read_jsonl(args.file),
+        annotations_per_item=args.annotations_per_item,
+        guidelines=guidelines,
+    )
     print(f"{args.project}: added {counts['added']} items, skipped {counts['skipped']} already present")
     return 0
 

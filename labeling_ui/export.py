@@ -29,7 +29,13 @@ def preference_rows(items: Sequence[RankedItem], mode: Mode = "all") -> list[dic
         rankings = [consensus(item.rankings)] if mode == "consensus" else list(item.rankings.values())
         for ranks in rankings:
             for better, worse in ranking_pairs(ranks):
-                rows.append({"prompt": item.prompt, "chosen": item.candidates[better], "rejected": item.candidates[worse]})
+                rows.append(
+                    {
+                        "prompt": item.prompt,
+                        "chosen": item.candidates[better],
+                        "rejected": item.candidates[worse],
+                    }
+                )
     return rows
 
 
@@ -56,7 +62,13 @@ def write_rows(rows: list[dict[str, str]], path: str | Path, file_format: str | 
 
 
 def export_project(
-    store: Store, project: str, out: str | Path, *, mode: Mode = "all", file_format: str | None = None, by: str = "cli"
+    store: Store,
+    project: str,
+    out: str | Path,
+    *,
+    mode: Mode = "all",
+    file_format: str | None = None,
+    by: str = "cli",
 ) -> int:
     """Export a project's rankings as preference pairs; returns the number of pairs written."""
     rows = preference_rows(ranked_items(store, project), mode)

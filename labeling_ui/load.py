@@ -46,12 +46,20 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 90) -> ServerProcess:
-        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
-               "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+        env = {
+            **os.environ,
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join(
+                [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+            ),
+        }
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "labeling_ui", "serve", "--db", self.db_url, "--port", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -92,9 +100,12 @@ def prepare(db_url: str, annotators: int, per_annotator: int, m: int, project: s
     store = st.Store(db_url)
     item_count = -(-annotators * per_annotator // m) + annotators  # spare items so nobody runs dry
     st.import_items(
-        store, project,
-        [{"id": f"q{i}", "prompt": f"question {i}", "candidates": [f"answer {i}.{j}" for j in range(4)]}
-         for i in range(item_count)],
+        store,
+        project,
+        [
+            {"id": f"q{i}", "prompt": f"question {i}", "candidates": [f"answer {i}.{j}" for j in range(4)]}
+            for i in range(item_count)
+        ],
         annotations_per_item=m,
     )
     names = [f"load{i:03d}" for i in range(annotators)]
@@ -107,7 +118,9 @@ def prepare(db_url: str, annotators: int, per_annotator: int, m: int, project: s
 
 @dataclass
 class LoadResult:
-    acknowledged: list[tuple[str, int, int]] = field(default_factory=list)  # (annotator, assignment, ranking id)
+    acknowledged: list[tuple[str, int, int]] = field(
+        default_factory=list
+    )  # (annotator, assignment, ranking id)
     latencies: list[float] = field(default_factory=list)  # seconds, submits acknowledged on the first try
     errors: list[str] = field(default_factory=list)
     retried_after_crash: int = 0
@@ -119,7 +132,9 @@ class LoadResult:
         return statistics.quantiles(self.latencies, n=100, method="inclusive")[int(q) - 1]
 
 
-async def _call(client: httpx.AsyncClient, method: str, path: str, deadline: float, **kwargs) -> httpx.Response:
+async def _call(
+    client: httpx.AsyncClient, method: str, path: str, deadline: float, **kwargs
+) -> httpx.Response:
     """Retry while the server is down (crash test); give up at the deadline."""
     while True:
         try:
@@ -130,15 +145,20 @@ async def _call(client: httpx.AsyncClient, method: str, path: str, deadline: flo
             await asyncio.sleep(0.2)
 
 
-async def _annotator(url: str, name: str, project: str, count: int, result: LoadResult, deadline: float,
-                     seed: int) -> None:
+async def _annotator(
+    url: str, name: str, project: str, count: int, result: LoadResult, deadline: float, seed: int
+) -> None:
     rng = random.Random(seed)
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        token = (await _call(client, "POST", "/api/v1/login", deadline, json={"name": name, "password": PASSWORD})).json()["token"]
+        token = (
+            await _call(client, "POST", "/api/v1/login", deadline, json={"name": name, "password": PASSWORD})
+        ).json()["token"]
         headers = {"Authorization": f"Bearer {token}"}
         done = 0
         while done < count and time.monotonic() < deadline:
-            response = await _call(client, "POST", f"/api/v1/projects/{project}/next", deadline, headers=headers)
+            response = await _call(
+                client, "POST", f"/api/v1/projects/{project}/next", deadline, headers=headers
+            )
             task = response.json()["task"]
             if task is None:
                 result.errors.append(f"{name}: no task left after {done}")
@@ -167,11 +187,20 @@ async def _annotator(url: str, name: str, project: str, count: int, result: Load
             done += 1
 
 
-async def _drive(url: str, names: list[str], project: str, per_annotator: int, result: LoadResult,
-                 timeout: float, crash: tuple[ServerProcess, int] | None) -> None:
+async def _drive(
+    url: str,
+    names: list[str],
+    project: str,
+    per_annotator: int,
+    result: LoadResult,
+    timeout: float,
+    crash: tuple[ServerProcess, int] | None,
+) -> None:
     deadline = time.monotonic() + timeout
-    tasks = [asyncio.create_task(_annotator(url, name, project, per_annotator, result, deadline, seed))
-             for seed, name in enumerate(names)]
+    tasks = [
+        asyncio.create_task(_annotator(url, name, project, per_annotator, result, deadline, seed))
+        for seed, name in enumerate(names)
+    ]
     if crash is not None:
         server, after = crash
         while len(result.acknowledged) < after and not all(t.done() for t in tasks):
@@ -181,8 +210,15 @@ async def _drive(url: str, names: list[str], project: str, per_annotator: int, r
     await asyncio.gather(*tasks)
 
 
-def run_load(workdir: Path, annotators: int, per_annotator: int, m: int = 3, *, kill_after: int | None = None,
-             timeout: float = 300) -> tuple[LoadResult, dict[str, int]]:
+def run_load(
+    workdir: Path,
+    annotators: int,
+    per_annotator: int,
+    m: int = 3,
+    *,
+    kill_after: int | None = None,
+    timeout: float = 300,
+) -> tuple[LoadResult, dict[str, int]]:
     """Run the load (and crash, if ``kill_after`` acknowledged submissions) and verify the database."""
     workdir.mkdir(parents=True, exist_ok=True)
     db_url = f"sqlite:///{workdir / 'load.db'}"
@@ -203,17 +239,31 @@ def verify(db_url: str, result: LoadResult, m: int) -> dict[str, int]:
     """Counts of lost, duplicated and over-M rankings (all should be 0), and of rankings stored."""
     store = st.Store(db_url)
     with store.transaction() as session:
-        stored = {row.id: (row.assignment_id, row.item_id, row.user_id) for row in session.scalars(select(st.Ranking))}
+        stored = {
+            row.id: (row.assignment_id, row.item_id, row.user_id)
+            for row in session.scalars(select(st.Ranking))
+        }
         per_item = session.execute(
-            select(st.Ranking.item_id, func.count(), func.count(st.Ranking.user_id.distinct())).group_by(st.Ranking.item_id)
+            select(st.Ranking.item_id, func.count(), func.count(st.Ranking.user_id.distinct())).group_by(
+                st.Ranking.item_id
+            )
         ).all()
         max_slots = session.scalar(select(func.max(st.Item.slots_taken))) or 0
     store.close()
     acked_ids = [ranking_id for _, _, ranking_id in result.acknowledged]
-    lost = sum(1 for _, assignment, ranking_id in result.acknowledged
-               if stored.get(ranking_id, (None,))[0] != assignment)
+    lost = sum(
+        1
+        for _, assignment, ranking_id in result.acknowledged
+        if stored.get(ranking_id, (None,))[0] != assignment
+    )
     pairs = [(item, user) for _, item, user in stored.values()]
     duplicated = (len(acked_ids) - len(set(acked_ids))) + (len(pairs) - len(set(pairs)))
     over_m = sum(1 for _, count, distinct in per_item if count > m or distinct != count) + int(max_slots > m)
-    return {"acknowledged": len(acked_ids), "stored": len(stored), "lost": lost, "duplicated": duplicated,
-            "over_m": over_m, "errors": len(result.errors)}
+    return {
+        "acknowledged": len(acked_ids),
+        "stored": len(stored),
+        "lost": lost,
+        "duplicated": duplicated,
+        "over_m": over_m,
+        "errors": len(result.errors),
+    }

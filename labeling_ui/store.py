@@ -40,6 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.pool import StaticPool
 
 from alignment.errors import AlignError
 
@@ -165,7 +166,9 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(connection):  # noqa: ANN001
-        connection.exec_driver_sql(f"BEGIN {connection.get_execution_options().get('sqlite_begin', 'IMMEDIATE')}")
+        connection.exec_driver_sql(
+            f"BEGIN {connection.get_execution_options().get('sqlite_begin', 'IMMEDIATE')}"
+        )
 
 
 class Store:
@@ -176,14 +179,23 @@ class Store:
         if self.url.startswith("postgresql://"):
             self.url = "postgresql+psycopg://" + self.url.removeprefix("postgresql://")
         try:
-            if self.url.startswith("sqlite"):
-                self.engine = create_engine(self.url, connect_args={"timeout": 30}, pool_size=20, max_overflow=20)
+            if self.url.startswith("sqlite") and self.url.rstrip("/") in ("sqlite:", "sqlite:///:memory:"):
+                self.engine = create_engine(  # one in-memory database shared by all threads (tests, trials)
+                    self.url, connect_args={"check_same_thread": False}, poolclass=StaticPool
+                )
+                _configure_sqlite(self.engine)
+            elif self.url.startswith("sqlite"):
+                self.engine = create_engine(
+                    self.url, connect_args={"timeout": 30}, pool_size=20, max_overflow=20
+                )
                 _configure_sqlite(self.engine)
             else:
                 self.engine = create_engine(self.url, pool_size=20, max_overflow=20, pool_pre_ping=True)
             Base.metadata.create_all(self.engine)
         except ModuleNotFoundError as error:
-            raise AlignError(f"database driver missing for {url!r}: {error}; install psycopg[binary]") from error
+            raise AlignError(
+                f"database driver missing for {url!r}: {error}; install psycopg[binary]"
+            ) from error
         self.is_sqlite = self.url.startswith("sqlite")
         # SQLite has one writer at a time; queueing writers of this process on a lock is fair and
         # fast, where SQLite's own busy handler polls with growing sleeps (seconds of tail latency).
@@ -358,7 +370,11 @@ def import_items(
             session.add(item)
             session.flush()
             for position, candidate in enumerate(record.candidates):
-                text, source = (candidate, "") if isinstance(candidate, str) else (candidate["text"], candidate.get("model", ""))
+                text, source = (
+                    (candidate, "")
+                    if isinstance(candidate, str)
+                    else (candidate["text"], candidate.get("model", ""))
+                )
                 session.add(Candidate(item_id=item.id, position=position, text=text, source=source))
             added += 1
         audit(session, by, "import", project=project_name, added=added, skipped=len(parsed) - added)
@@ -407,7 +423,9 @@ class Task(BaseModel):
 
 def _task(session: Session, assignment: Assignment, project: Project) -> Task:
     item = session.get(Item, assignment.item_id)
-    candidates = list(session.scalars(select(Candidate).where(Candidate.item_id == item.id).order_by(Candidate.position)))
+    candidates = list(
+        session.scalars(select(Candidate).where(Candidate.item_id == item.id).order_by(Candidate.position))
+    )
     random.Random(f"{assignment.user_id}:{item.id}").shuffle(candidates)
     return Task(
         assignment_id=assignment.id,
@@ -431,7 +449,11 @@ def claim_next(store: Store, user: User, project_name: str, *, attempts: int = 2
                 open_assignment = session.scalar(
                     select(Assignment)
                     .join(Item, Item.id == Assignment.item_id)
-                    .where(Item.project_id == project.id, Assignment.user_id == user.id, Assignment.status == "active")
+                    .where(
+                        Item.project_id == project.id,
+                        Assignment.user_id == user.id,
+                        Assignment.status == "active",
+                    )
                 )
                 if open_assignment is not None:
                     return _task(session, open_assignment, project)
@@ -487,7 +509,9 @@ def parse_ranking(raw: Any) -> RankingInput:
     try:
         if isinstance(raw, str):
             raw = json.loads(raw)
-        return RankingInput.model_validate({"ranks": raw} if isinstance(raw, dict) and "ranks" not in raw else raw)
+        return RankingInput.model_validate(
+            {"ranks": raw} if isinstance(raw, dict) and "ranks" not in raw else raw
+        )
     except (ValidationError, json.JSONDecodeError, TypeError) as error:
         raise AlignError(f"malformed ranking: {error}") from error
 
@@ -507,7 +531,9 @@ def submit_ranking(store: Store, user: User, assignment_id: int, ranking: Rankin
         ranking = parse_ranking(ranking)
     with store.transaction() as session:
         assignment = _own_active_assignment(session, user, assignment_id)
-        candidate_ids = set(session.scalars(select(Candidate.id).where(Candidate.item_id == assignment.item_id)))
+        candidate_ids = set(
+            session.scalars(select(Candidate.id).where(Candidate.item_id == assignment.item_id))
+        )
         given = set(ranking.ranks)
         if given != candidate_ids:
             missing, extra = sorted(candidate_ids - given), sorted(given - candidate_ids)
@@ -553,9 +579,18 @@ def release(store: Store, user: User, assignment_id: int, status: str, reason: s
         ).rowcount
         if not closed:
             raise AlignError(f"task {assignment_id} was closed meanwhile")
-        session.execute(update(Item).where(Item.id == assignment.item_id).values(slots_taken=Item.slots_taken - 1))
+        session.execute(
+            update(Item).where(Item.id == assignment.item_id).values(slots_taken=Item.slots_taken - 1)
+        )
         action = {"skipped": "skip", "flagged": "flag"}[status]
-        audit(session, user.name, action, assignment_id=assignment.id, item_id=assignment.item_id, reason=reason[:2000])
+        audit(
+            session,
+            user.name,
+            action,
+            assignment_id=assignment.id,
+            item_id=assignment.item_id,
+            reason=reason[:2000],
+        )
 
 
 def expire_stale(store: Store, max_age: timedelta) -> int:
@@ -572,7 +607,9 @@ def expire_stale(store: Store, max_age: timedelta) -> int:
                 .values(status="expired", finished_at=now())
             ).rowcount
             if closed:
-                session.execute(update(Item).where(Item.id == assignment.item_id).values(slots_taken=Item.slots_taken - 1))
+                session.execute(
+                    update(Item).where(Item.id == assignment.item_id).values(slots_taken=Item.slots_taken - 1)
+                )
                 expired += 1
         if expired:
             audit(session, "system", "expire", count=expired)
@@ -606,7 +643,9 @@ def project_progress(store: Store, project_name: str) -> dict[str, Any]:
     """Per project: items, annotations needed and done; per annotator: counts by status."""
     with store.transaction(write=False) as session:
         project = get_project(session, project_name)
-        items = session.scalar(select(func.count()).select_from(Item).where(Item.project_id == project.id)) or 0
+        items = (
+            session.scalar(select(func.count()).select_from(Item).where(Item.project_id == project.id)) or 0
+        )
         per_user = session.execute(
             select(User.name, Assignment.status, func.count())
             .join(Assignment, Assignment.user_id == User.id)
@@ -616,7 +655,9 @@ def project_progress(store: Store, project_name: str) -> dict[str, Any]:
         ).all()
     annotators: dict[str, dict[str, int]] = {}
     for name, status, count in per_user:
-        annotators.setdefault(name, {"submitted": 0, "active": 0, "skipped": 0, "flagged": 0, "expired": 0})[status] = count
+        annotators.setdefault(name, {"submitted": 0, "active": 0, "skipped": 0, "flagged": 0, "expired": 0})[
+            status
+        ] = count
     done = sum(row["submitted"] for row in annotators.values())
     needed = items * project.annotations_per_item
     return {
@@ -657,7 +698,9 @@ def ranked_items(store: Store, project_name: str, annotator: str | None = None) 
             by_item.setdefault(ranking.item_id, {})[name] = {int(k): v for k, v in ranking.ranks.items()}
         result = []
         for item in session.scalars(select(Item).where(Item.id.in_(by_item)).order_by(Item.id)):
-            candidates = session.scalars(select(Candidate).where(Candidate.item_id == item.id).order_by(Candidate.position))
+            candidates = session.scalars(
+                select(Candidate).where(Candidate.item_id == item.id).order_by(Candidate.position)
+            )
             result.append(
                 RankedItem(
                     item_id=item.id,
@@ -687,6 +730,11 @@ def audit_log(store: Store, limit: int = 200) -> list[dict[str, Any]]:
     with store.transaction(write=False) as session:
         entries = session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)).all()
         return [
-            {"at": e.at.isoformat(timespec="seconds"), "user": e.user_name, "action": e.action, "detail": json.dumps(e.detail)}
+            {
+                "at": e.at.isoformat(timespec="seconds"),
+                "user": e.user_name,
+                "action": e.action,
+                "detail": json.dumps(e.detail),
+            }
             for e in entries
         ]

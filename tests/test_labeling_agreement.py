@@ -44,7 +44,10 @@ def test_krippendorff_alpha_published_example():
 
 
 def test_perfect_and_opposed_rankings():
-    same = [{"ann": {1: 1, 2: 2, 3: 3}, "bob": {1: 1, 2: 2, 3: 3}}, {"ann": {4: 2, 5: 1}, "bob": {4: 2, 5: 1}}]
+    same = [
+        {"ann": {1: 1, 2: 2, 3: 3}, "bob": {1: 1, 2: 2, 3: 3}},
+        {"ann": {4: 2, 5: 1}, "bob": {4: 2, 5: 1}},
+    ]
     assert ranking_alpha(same) == pytest.approx(1.0)
     assert pairwise_tau(same) == [{"annotator_a": "ann", "annotator_b": "bob", "items": 2, "tau": 1.0}]
     opposed = [{"ann": {1: 1, 2: 2, 3: 3}, "bob": {1: 3, 2: 2, 3: 1}}]

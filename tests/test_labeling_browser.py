@@ -19,8 +19,16 @@ from labeling_ui.load import ServerProcess
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "password123"
 
@@ -48,7 +56,11 @@ def rank_rest_by_store(store: st.Store, name: str) -> None:
     """Fill in the other items quickly (longest answer first; bea disagrees on the code item) for the admin view."""
     user = st.get_user(store, name)
     while (task := st.claim_next(store, user, "demo")) is not None:
-        ordered = sorted(task.candidates, key=lambda c: len(c["text"]), reverse=not (name == "bea" and "Python" in task.prompt))
+        ordered = sorted(
+            task.candidates,
+            key=lambda c: len(c["text"]),
+            reverse=not (name == "bea" and "Python" in task.prompt),
+        )
         st.submit_ranking(store, user, task.assignment_id, {c["id"]: i + 1 for i, c in enumerate(ordered)})
 
 
@@ -58,15 +70,23 @@ def test_rank_in_browser_export_and_train_dpo(browser, tmp_path, monkeypatch):
     st.add_user(store, "boss", PASSWORD, "admin")
     st.add_user(store, "ann", PASSWORD)
     st.add_user(store, "bea", PASSWORD)
-    st.import_items(store, "demo", st.read_jsonl(ROOT / "configs" / "labeling_example.jsonl"), annotations_per_item=2,
-                    guidelines=(ROOT / "configs" / "labeling_example_guidelines.md").read_text())
+    st.import_items(
+        store,
+        "demo",
+        st.read_jsonl(ROOT / "configs" / "labeling_example.jsonl"),
+        annotations_per_item=2,
+        guidelines=(ROOT / "configs" / "labeling_example_guidelines.md").read_text(),
+    )
     docs = ROOT / "docs"
     with ServerProcess(db_url, log_path=tmp_path / "server.log") as server:
         page = browser.new_page(viewport={"width": 1200, "height": 1100})
         log_in(page, server.url, "ann")
         page.wait_for_selector("#cand-0", state="visible", timeout=60_000)
-        shown = [page.inner_text(f"#cand-{i} .cand-text").split(". ", 1)[1] for i in range(8)
-                 if page.is_visible(f"#cand-{i}")]
+        shown = [
+            page.inner_text(f"#cand-{i} .cand-text").split(". ", 1)[1]
+            for i in range(8)
+            if page.is_visible(f"#cand-{i}")
+        ]
         # keyboard: 'a' picks the first candidate, each digit ranks the picked one and moves on; a tie at rank 2
         typed = [1, 2, 2] + list(range(3, len(shown)))
         page.locator("body").click(position={"x": 5, "y": 5})
@@ -81,9 +101,12 @@ def test_rank_in_browser_export_and_train_dpo(browser, tmp_path, monkeypatch):
         items = st.ranked_items(store, "demo", "ann")
         assert len(items) == 1
         stored = {items[0].candidates[c].strip(): r for c, r in items[0].rankings["ann"].items()}
-        assert stored == {" ".join(text.split()): rank for text, rank in zip(shown, typed, strict=True)} or \
-            {" ".join(k.split()): v for k, v in stored.items()} == {" ".join(t.split()): r for t, r in zip(shown, typed, strict=True)}
-        assert "progress in demo:** 1 ranked" in page.content() or "1 ranked" in page.inner_text("#my-progress")
+        assert stored == {" ".join(text.split()): rank for text, rank in zip(shown, typed, strict=True)} or {
+            " ".join(k.split()): v for k, v in stored.items()
+        } == {" ".join(t.split()): r for t, r in zip(shown, typed, strict=True)}
+        assert "progress in demo:** 1 ranked" in page.content() or "1 ranked" in page.inner_text(
+            "#my-progress"
+        )
 
         rank_rest_by_store(store, "ann")
         rank_rest_by_store(store, "bea")
@@ -122,20 +145,43 @@ def train_dpo_one_step(pairs: Path, tmp_path: Path, monkeypatch) -> None:
         (row[key] for row in dataset for key in ("prompt", "chosen", "rejected")),
         trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[BOS]", "[EOS]"]),
     )
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]",
-                                        bos_token="[BOS]", eos_token="[EOS]")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]"
+    )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    ))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=256,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    config = DPOConfig(output_dir=str(tmp_path / "dpo"), per_device_train_batch_size=4, max_steps=1, learning_rate=1e-2,
-                       bf16=False, gradient_checkpointing=False, report_to=[], save_strategy="no", logging_steps=1,
-                       max_length=128, use_cpu=True, dataloader_num_workers=0)
+    config = DPOConfig(
+        output_dir=str(tmp_path / "dpo"),
+        per_device_train_batch_size=4,
+        max_steps=1,
+        learning_rate=1e-2,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        max_length=128,
+        use_cpu=True,
+        dataloader_num_workers=0,
+    )
     reference = copy.deepcopy(model)  # a model built in memory has no path TRL could reload a reference from
-    trainer = DPOTrainer(model=model, ref_model=reference, args=config, train_dataset=dataset, processing_class=tokenizer)
+    trainer = DPOTrainer(
+        model=model, ref_model=reference, args=config, train_dataset=dataset, processing_class=tokenizer
+    )
     result = trainer.train()
     assert result.global_step == 1
     loss = trainer.state.log_history[0]["loss"]

@@ -34,7 +34,9 @@ def test_users_import_export_round_trip(tmp_path, monkeypatch, capsys):
     user = st.get_user(store, "ann")
     task = st.claim_next(store, user, "demo")
     assert task.guidelines == "Be fair."
-    st.submit_ranking(store, user, task.assignment_id, {c["id"]: i + 1 for i, c in enumerate(task.candidates)})
+    st.submit_ranking(
+        store, user, task.assignment_id, {c["id"]: i + 1 for i, c in enumerate(task.candidates)}
+    )
     k = len(task.candidates)
     out = tmp_path / "pairs.jsonl"
     assert main(["export", "demo", "--out", str(out)]) == 0
@@ -55,3 +57,25 @@ def test_user_errors_exit_2_with_a_message(tmp_path, monkeypatch, capsys):
     assert "at least 8 characters" in capsys.readouterr().err
     assert main(["export", "nope", "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "no project named 'nope'" in capsys.readouterr().err
+
+
+def test_align_cli_shows_the_label_job(monkeypatch, capsys):
+    from alignment import cli
+
+    monkeypatch.setattr(cli, "JOB_MODULES", ("labeling_ui.cli",))  # the other jobs live on other branches
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "Labeling app: serve, users, import, export" in capsys.readouterr().out
+    assert cli.main(["label", "import", "demo", "/nonexistent.jsonl", "--db", "sqlite://"]) == 2
+
+
+def test_registering_the_cli_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, argparse, labeling_ui.cli as c; c.register(argparse.ArgumentParser().add_subparsers()); "
+        "print([m for m in ('gradio', 'sqlalchemy', 'fastapi', 'torch') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

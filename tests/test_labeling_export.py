@@ -19,7 +19,9 @@ def test_ranking_pairs_every_ordered_pair_no_ties():
 
 
 def item(rankings):
-    return st.RankedItem(item_id=1, external_id="x", prompt="Q", candidates={1: "good", 2: "ok", 3: "bad"}, rankings=rankings)
+    return st.RankedItem(
+        item_id=1, external_id="x", prompt="Q", candidates={1: "good", 2: "ok", 3: "bad"}, rankings=rankings
+    )
 
 
 def test_preference_rows_all_and_consensus():
@@ -27,7 +29,10 @@ def test_preference_rows_all_and_consensus():
     rows = preference_rows(items, "all")
     assert len(rows) == 6 and {"prompt": "Q", "chosen": "ok", "rejected": "good"} in rows
     # consensus: means good 1.5, ok 1.5, bad 3 -> good = ok > bad
-    assert sorted((r["chosen"], r["rejected"]) for r in preference_rows(items, "consensus")) == [("good", "bad"), ("ok", "bad")]
+    assert sorted((r["chosen"], r["rejected"]) for r in preference_rows(items, "consensus")) == [
+        ("good", "bad"),
+        ("ok", "bad"),
+    ]
     with pytest.raises(AlignError, match="mode"):
         preference_rows(items, "best")
 
@@ -35,19 +40,26 @@ def test_preference_rows_all_and_consensus():
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
 def test_export_project_files(tmp_path, suffix):
     store = st.Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    st.import_items(store, "demo", [{"prompt": "Q", "candidates": ["good", "ok", "bad"]}], annotations_per_item=1)
+    st.import_items(
+        store, "demo", [{"prompt": "Q", "candidates": ["good", "ok", "bad"]}], annotations_per_item=1
+    )
     st.add_user(store, "ann", "password123")
     user = st.get_user(store, "ann")
     task = st.claim_next(store, user, "demo")
     by_text = {c["text"]: c["id"] for c in task.candidates}
-    st.submit_ranking(store, user, task.assignment_id, {by_text["good"]: 1, by_text["ok"]: 2, by_text["bad"]: 2})
+    st.submit_ranking(
+        store, user, task.assignment_id, {by_text["good"]: 1, by_text["ok"]: 2, by_text["bad"]: 2}
+    )
     out = tmp_path / f"pairs{suffix}"
     assert export_project(store, "demo", out, by="admin") == 2
     if suffix == ".jsonl":
         rows = [json.loads(line) for line in out.read_text().splitlines()]
     else:
         rows = pq.read_table(out).to_pylist()
-    assert sorted((r["prompt"], r["chosen"], r["rejected"]) for r in rows) == [("Q", "good", "bad"), ("Q", "good", "ok")]
+    assert sorted((r["prompt"], r["chosen"], r["rejected"]) for r in rows) == [
+        ("Q", "good", "bad"),
+        ("Q", "good", "ok"),
+    ]
     assert st.audit_log(store)[0]["action"] == "export"
     with pytest.raises(AlignError, match="format"):
         export_project(store, "demo", tmp_path / "pairs.csv")

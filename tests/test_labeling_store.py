@@ -22,7 +22,11 @@ from labeling_ui.load import free_port
 
 def make_items(count: int, k: int = 3) -> list[dict]:
     return [
-        {"id": f"p{i}", "prompt": f"prompt {i}", "candidates": [{"text": f"answer {i}.{j}", "model": f"m{j}"} for j in range(k)]}
+        {
+            "id": f"p{i}",
+            "prompt": f"prompt {i}",
+            "candidates": [{"text": f"answer {i}.{j}", "model": f"m{j}"} for j in range(k)],
+        }
         for i in range(count)
     ]
 
@@ -32,19 +36,37 @@ def postgres():
     """A throwaway PostgreSQL server on loopback, if the binaries and the psycopg driver are here."""
     initdb = shutil.which("initdb") or "/usr/lib/postgresql/15/bin/initdb"
     if not os.path.exists(initdb) or importlib.util.find_spec("psycopg") is None:
-        pytest.skip("PostgreSQL tests need initdb/pg_ctl (apt: postgresql) and psycopg (pip: psycopg[binary])")
+        pytest.skip(
+            "PostgreSQL tests need initdb/pg_ctl (apt: postgresql) and psycopg (pip: psycopg[binary])"
+        )
     root = Path(tempfile.mkdtemp(prefix="align-pg-"))  # pytest's tmp dirs are private to root
     data = root / "data"
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if as_postgres:
         shutil.chown(root, "postgres")
     port = free_port()
-    subprocess.run([*as_postgres, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [*as_postgres, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
     pg_ctl = str(Path(initdb).with_name("pg_ctl"))
-    subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-w", "-l", str(data.parent / "log"), "start", "-o",
-                    f"-p {port} -c listen_addresses=127.0.0.1 -k {data.parent} -c fsync=off"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            *as_postgres,
+            pg_ctl,
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(data.parent / "log"),
+            "start",
+            "-o",
+            f"-p {port} -c listen_addresses=127.0.0.1 -k {data.parent} -c fsync=off",
+        ],
+        check=True,
+        capture_output=True,
+    )
     yield f"postgresql://postgres@127.0.0.1:{port}"
     subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
     shutil.rmtree(root, ignore_errors=True)
@@ -57,8 +79,10 @@ def db(request, tmp_path):
     else:
         server = request.getfixturevalue("postgres")
         name = f"t{uuid.uuid4().hex[:12]}"
-        admin = create_engine(server.replace("postgresql://", "postgresql+psycopg://") + "/postgres",
-                              isolation_level="AUTOCOMMIT")
+        admin = create_engine(
+            server.replace("postgresql://", "postgresql+psycopg://") + "/postgres",
+            isolation_level="AUTOCOMMIT",
+        )
         with admin.connect() as connection:
             connection.exec_driver_sql(f"CREATE DATABASE {name}")
         admin.dispose()
@@ -104,7 +128,10 @@ def test_users_and_authentication(db):
 
 
 def test_import_validates_and_is_idempotent(db):
-    assert st.import_items(db, "demo", make_items(3), annotations_per_item=2, guidelines="be kind") == {"added": 3, "skipped": 0}
+    assert st.import_items(db, "demo", make_items(3), annotations_per_item=2, guidelines="be kind") == {
+        "added": 3,
+        "skipped": 0,
+    }
     assert st.import_items(db, "demo", make_items(5)) == {"added": 2, "skipped": 3}
     with pytest.raises(AlignError, match="record 1: candidates"):
         st.import_items(db, "demo", [{"prompt": "x", "candidates": ["only one"]}])
