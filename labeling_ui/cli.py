@@ -1,5 +1,141 @@
-"""Placeholder replaced by the labeling branch."""
+"""`align label ...`: serve the labeling app, manage users, import items, export preference pairs."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from pathlib import Path
+
+from alignment.errors import AlignError
 
 
-def register(subparsers) -> None:
-    return None
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "label",
+        help="Labeling app: serve, users, import, export",
+        description="Human ranking of candidate responses.",
+    )
+    parser.set_defaults(func=lambda _args: parser.print_help() or 2)
+    commands = parser.add_subparsers(dest="label_command", metavar="COMMAND")
+
+    def with_db(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument(
+            "--db",
+            default=os.environ.get("ALIGN_LABEL_DB"),
+            help="SQLAlchemy URL: sqlite:///path.db or postgresql://... "
+            "(default: $ALIGN_LABEL_DB, else sqlite under $ALIGN_HOME)",
+        )
+        return sub
+
+    serve = with_db(commands.add_parser("serve", help="run the web app (login required)"))
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument(
+        "--claim-timeout-minutes",
+        type=float,
+        default=60,
+        help="an item left open this long goes back to the pool",
+    )
+    serve.set_defaults(func=_serve)
+
+    users = commands.add_parser("users", help="manage accounts")
+    users.set_defaults(func=lambda _args: users.print_help() or 2)
+    user_commands = users.add_subparsers(dest="users_command", metavar="COMMAND")
+    add = with_db(user_commands.add_parser("add", help="add an account (asks for the password)"))
+    add.add_argument("name")
+    add.add_argument("--role", choices=["annotator", "admin"], default="annotator")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin (scripts)")
+    add.set_defaults(func=_users_add)
+    listing = with_db(user_commands.add_parser("list", help="list accounts"))
+    listing.set_defaults(func=_users_list)
+
+    importer = with_db(commands.add_parser("import", help="import prompts with candidates from JSONL"))
+    importer.add_argument("project")
+    importer.add_argument(
+        "file", help='JSONL: {"id": ..., "prompt": ..., "candidates": ["...", {"text": ..., "model": ...}]}'
+    )
+    importer.add_argument(
+        "--annotations-per-item",
+        "-m",
+        type=int,
+        default=None,
+        help="M distinct annotators per item (new projects: 3)",
+    )
+    importer.add_argument("--guidelines", type=Path, help="Markdown file shown to annotators")
+    importer.set_defaults(func=_import)
+
+    export = with_db(commands.add_parser("export", help="export rankings as TRL preference pairs"))
+    export.add_argument("project")
+    export.add_argument("--out", required=True, help="output file, .jsonl or .parquet")
+    export.add_argument(
+        "--mode",
+        choices=["all", "consensus"],
+        default="all",
+        help="all: every ordered pair of every ranking; consensus: pairs of the mean-rank consensus",
+    )
+    export.add_argument("--format", choices=["jsonl", "parquet"], help="default: from the file suffix")
+    export.set_defaults(func=_export)
+
+
+def _store(args: argparse.Namespace):
+    from labeling_ui.store import Store
+
+    return Store(args.db)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from labeling_ui.app import serve
+
+    serve(args.db, args.host, args.port, args.claim_timeout_minutes)
+    return 0
+
+
+def _users_add(args: argparse.Namespace) -> int:
+    from labeling_ui.store import add_user
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            raise AlignError("the passwords differ")
+    add_user(_store(args), args.name, password, args.role)
+    print(f"added {args.role} {args.name}")
+    return 0
+
+
+def _users_list(args: argparse.Namespace) -> int:
+    from labeling_ui.store import list_users
+
+    for user in list_users(_store(args)):
+        print(f"{user['name']}\t{user['role']}\t{user['created_at']}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from labeling_ui.store import import_items, read_jsonl
+
+    guidelines = None
+    if args.guidelines is not None:
+        if not args.guidelines.is_file():
+            raise AlignError(f"no such guidelines file: {args.guidelines}")
+        guidelines = args.guidelines.read_text(encoding="utf-8")
+    counts = import_items(
+        _store(args),
+        args.project,
+        read_jsonl(args.file),
+        annotations_per_item=args.annotations_per_item,
+        guidelines=guidelines,
+    )
+    print(f"{args.project}: added {counts['added']} items, skipped {counts['skipped']} already present")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from labeling_ui.export import export_project
+
+    pairs = export_project(_store(args), args.project, args.out, mode=args.mode, file_format=args.format)
+    print(f"wrote {pairs} preference pairs to {args.out}")
+    return 0

@@ -1,0 +1,134 @@
+"""A small JSON HTTP API beside the Gradio app (load tests, scripts): bearer-token auth, same store functions.
+
+POST /api/v1/login                         {"name", "password"} -> {"token", "role"}
+POST /api/v1/projects/{project}/next       -> {"task": {...} | null}
+POST /api/v1/tasks/{id}/submit             {"ranks": {candidate_id: rank}} -> {"ranking_id"}
+POST /api/v1/tasks/{id}/skip | /flag       {"reason"}
+GET  /api/v1/projects/{project}/me         own progress
+GET  /api/v1/admin/...                     progress, agreement, rankings, export, users, audit (admins only)
+"""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from alignment.errors import AlignError
+from labeling_ui import store as st
+from labeling_ui.admin import agreement_report
+from labeling_ui.export import preference_rows
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AlignError)
+    async def bad_request(_request: Request, error: AlignError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=400)
+
+    @app.exception_handler(PermissionError)
+    async def forbidden(_request: Request, error: PermissionError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=403)
+
+
+def build_router(store: st.Store) -> APIRouter:
+    router = APIRouter(prefix="/api/v1")
+
+    def current_user(authorization: Annotated[str | None, Header()] = None) -> st.User:
+        scheme, _, token = (authorization or "").partition(" ")
+        user = st.user_for_token(store, token) if scheme.lower() == "bearer" and token else None
+        if user is None:
+            raise HTTPException(
+                401, "log in first: POST /api/v1/login, then send 'Authorization: Bearer <token>'"
+            )
+        return user
+
+    def current_admin(user: Annotated[st.User, Depends(current_user)]) -> st.User:
+        st.require_admin(user)
+        return user
+
+    User = Annotated[st.User, Depends(current_user)]
+    Admin = Annotated[st.User, Depends(current_admin)]
+
+    @router.post("/login")
+    def login(name: Annotated[str, Body()], password: Annotated[str, Body()]) -> dict[str, str]:
+        user = st.authenticate(store, name, password)
+        if user is None:
+            raise HTTPException(401, "wrong user name or password")
+        return {"token": st.create_api_session(store, user), "role": user.role}
+
+    @router.get("/projects")
+    def projects(_user: User) -> list[str]:
+        return st.list_projects(store)
+
+    @router.post("/projects/{project}/next")
+    def next_task(project: str, user: User) -> dict[str, Any]:
+        task = st.claim_next(store, user, project)
+        return {"task": task.model_dump() if task else None}
+
+    @router.get("/projects/{project}/me")
+    def my_progress(project: str, user: User) -> dict[str, int]:
+        return st.user_progress(store, user, project)
+
+    @router.post("/tasks/{assignment_id}/submit")
+    def submit(assignment_id: int, user: User, body: Annotated[Any, Body()] = None) -> dict[str, int]:
+        ranks = body.get("ranks") if isinstance(body, dict) else None
+        if ranks is None:
+            raise AlignError(
+                'send {"ranks": {"<candidate id>": <rank>, ...}} with a rank for every candidate'
+            )
+        return {"ranking_id": st.submit_ranking(store, user, assignment_id, ranks)}
+
+    @router.post("/tasks/{assignment_id}/skip")
+    def skip(assignment_id: int, user: User, reason: Annotated[str, Body(embed=True)] = "") -> dict[str, str]:
+        st.release(store, user, assignment_id, "skipped", reason)
+        return {"status": "skipped"}
+
+    @router.post("/tasks/{assignment_id}/flag")
+    def flag(assignment_id: int, user: User, reason: Annotated[str, Body(embed=True)] = "") -> dict[str, str]:
+        st.release(store, user, assignment_id, "flagged", reason)
+        return {"status": "flagged"}
+
+    @router.get("/admin/projects/{project}/progress")
+    def progress(project: str, _admin: Admin) -> dict[str, Any]:
+        return st.project_progress(store, project)
+
+    @router.get("/admin/projects/{project}/agreement")
+    def agreement(project: str, _admin: Admin) -> dict[str, Any]:
+        return agreement_report(store, project)
+
+    @router.get("/admin/projects/{project}/rankings")
+    def rankings(project: str, _admin: Admin, annotator: str | None = None) -> list[dict[str, Any]]:
+        return [item.model_dump() for item in st.ranked_items(store, project, annotator)]
+
+    @router.get("/admin/projects/{project}/export")
+    def export(project: str, admin: Admin, mode: str = "all") -> PlainTextResponse:
+        import json
+
+        rows = preference_rows(st.ranked_items(store, project), mode)  # type: ignore[arg-type]
+        with store.transaction() as session:
+            st.audit(
+                session, admin.name, "export", project=project, mode=mode, pairs=len(rows), file="(http)"
+            )
+        return PlainTextResponse(
+            "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
+            media_type="application/jsonl",
+        )
+
+    @router.get("/admin/users")
+    def users(_admin: Admin) -> list[dict[str, Any]]:
+        return st.list_users(store)
+
+    @router.post("/admin/users")
+    def add_user(
+        admin: Admin,
+        name: Annotated[str, Body()],
+        password: Annotated[str, Body()],
+        role: Annotated[str, Body()] = "annotator",
+    ) -> dict[str, str]:
+        st.add_user(store, name, password, role, by=admin.name)
+        return {"name": name, "role": role}
+
+    @router.get("/admin/audit")
+    def audit(_admin: Admin, limit: int = 200) -> list[dict[str, Any]]:
+        return st.audit_log(store, limit)
+
+    return router

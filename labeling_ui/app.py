@@ -1,0 +1,469 @@
+"""The labeling web app: a Gradio Blocks UI (login, ranking task, admin tab) and the JSON API, one FastAPI app.
+
+Gradio's ``auth=`` checks passwords against the store; every handler looks the user up again
+from ``request.username`` and admin handlers check the role, so the Gradio API (``gradio_client``)
+is guarded the same way as the page.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import string
+import tempfile
+import threading
+from datetime import timedelta
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import gradio as gr  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
+
+from alignment.errors import AlignError  # noqa: E402
+from labeling_ui import store as st  # noqa: E402
+from labeling_ui.admin import agreement_report  # noqa: E402
+from labeling_ui.api import build_router, install_error_handlers  # noqa: E402
+from labeling_ui.export import export_project, preference_rows  # noqa: E402
+
+LETTERS = string.ascii_uppercase
+
+# Keyboard: a-h pick a candidate, 1-8 give it a rank (then the next candidate is picked),
+# Enter submits, x skips. Keys typed into text fields are left alone.
+KEYBOARD_JS = """
+<script>
+(() => {
+  let current = 0;
+  const cards = () => [...Array(8).keys()].map(i => document.getElementById('cand-' + i))
+    .filter(c => c && c.offsetParent !== null);
+  const pick = (i) => {
+    const all = cards(); if (!all.length) return;
+    current = Math.max(0, Math.min(i, all.length - 1));
+    all.forEach((c, j) => c.classList.toggle('cand-current', j === current));
+  };
+  document.addEventListener('keydown', (e) => {
+    const t = e.target;
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (t && (t.tagName === 'TEXTAREA' || (t.tagName === 'INPUT' && t.type !== 'radio'))) return;
+    const k = e.key.toLowerCase();
+    if (k.length === 1 && k >= 'a' && k <= 'h') { pick(k.charCodeAt(0) - 97); e.preventDefault(); return; }
+    if (k.length === 1 && k >= '1' && k <= '8') {
+      const card = cards()[current]; if (!card) return;
+      const radio = card.querySelector(`input[type=radio][value="${k}"]`);
+      if (radio) { radio.click(); pick(current + 1); e.preventDefault(); }
+      return;
+    }
+    if (k === 'enter') { document.querySelector('#submit-btn')?.click(); pick(0); e.preventDefault(); }
+    if (k === 'x') { document.querySelector('#skip-btn')?.click(); pick(0); e.preventDefault(); }
+  });
+})();
+</script>
+"""
+
+CSS = """
+.cand-current { outline: 3px solid var(--color-accent); border-radius: 8px; }
+.cand-text { font-size: 1.02em; }
+"""
+
+
+def _user(store: st.Store, request: gr.Request) -> st.User:
+    if request is None or not request.username:
+        raise gr.Error("log in first")
+    return st.get_user(store, request.username)
+
+
+def _admin(store: st.Store, request: gr.Request) -> st.User:
+    user = _user(store, request)
+    if user.role != "admin":
+        raise gr.Error(f"user {user.name!r} is not an admin")
+    return user
+
+
+def _guard(fn):
+    """Turn store errors into messages shown in the page (and returned to API clients as errors)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (AlignError, PermissionError) as error:
+            raise gr.Error(str(error)) from error
+
+    return wrapped
+
+
+def build_blocks(store: st.Store) -> gr.Blocks:
+    with gr.Blocks(title="align labeling") as blocks:
+        task_state = gr.State(None)  # {"assignment_id": int, "ids": [candidate id in shown order]}
+        with gr.Row():
+            who = gr.Markdown("")
+            gr.Button("Log out", link="/logout", size="sm", scale=0)
+        with gr.Tabs():
+            with gr.Tab("Rank", id="rank"):
+                with gr.Row():
+                    project = gr.Dropdown(label="Project", choices=[], interactive=True, elem_id="project")
+                    start = gr.Button("Start / next item", variant="primary", elem_id="start-btn")
+                progress = gr.Markdown("", elem_id="my-progress")
+                with gr.Accordion("Guidelines", open=False):
+                    guidelines = gr.Markdown("")
+                prompt = gr.Markdown("", elem_id="prompt", line_breaks=True)
+                cards, texts, radios = [], [], []
+                for i in range(st.MAX_CANDIDATES):
+                    with gr.Group(visible=False, elem_classes=["cand-card"], elem_id=f"cand-{i}") as card:
+                        texts.append(gr.Markdown("", elem_classes=["cand-text"], line_breaks=True))
+                        radios.append(
+                            gr.Radio(
+                                [],
+                                label=f"Rank of {LETTERS[i]} (1 = best; ties allowed)",
+                                elem_id=f"rank-{i}",
+                            )
+                        )
+                    cards.append(card)
+                gr.Markdown("Keys: **a-h** pick a candidate, **1-8** rank it, **Enter** submit, **x** skip.")
+                with gr.Row():
+                    submit = gr.Button("Submit ranking", variant="primary", elem_id="submit-btn")
+                    skip = gr.Button("Skip", elem_id="skip-btn")
+                    reason = gr.Textbox(label="Reason (required to flag)", elem_id="reason", scale=2)
+                    flag = gr.Button("Flag", variant="stop", elem_id="flag-btn")
+                status = gr.Markdown("", elem_id="status")
+
+            with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
+                with gr.Row():
+                    admin_project = gr.Dropdown(label="Project", choices=[], elem_id="admin-project")
+                    refresh = gr.Button("Refresh", elem_id="refresh-btn")
+                summary = gr.Markdown("", elem_id="admin-summary")
+                per_annotator = gr.Dataframe(label="Progress per annotator", interactive=False)
+                taus = gr.Dataframe(label="Kendall's tau-b per pair of annotators", interactive=False)
+                consensus_table = gr.Dataframe(
+                    label="Consensus ranking per item (mean rank)", interactive=False
+                )
+                flags = gr.Dataframe(label="Flagged items", interactive=False)
+                with gr.Row():
+                    export_mode = gr.Radio(["all", "consensus"], value="all", label="Pairs")
+                    export_format = gr.Radio(["jsonl", "parquet"], value="jsonl", label="Format")
+                    export_button = gr.Button("Export preference pairs", elem_id="export-btn")
+                export_file = gr.File(label="Export", elem_id="export-file")
+                with gr.Accordion("Rankings of one annotator", open=False):
+                    annotator = gr.Textbox(label="Annotator")
+                    show_rankings = gr.Button("Show")
+                    rankings_table = gr.Dataframe(interactive=False)
+                with gr.Accordion("Add a user", open=False):
+                    new_name = gr.Textbox(label="Name")
+                    new_password = gr.Textbox(label="Password", type="password")
+                    new_role = gr.Radio(list(st.ROLES), value="annotator", label="Role")
+                    add_button = gr.Button("Add user")
+                    add_status = gr.Markdown("")
+                audit_table = gr.Dataframe(label="Audit log (latest first)", interactive=False)
+
+        candidate_outputs = [*cards, *texts, *radios]
+
+        def blank(message: str):
+            hidden = [gr.update(visible=False)] * st.MAX_CANDIDATES
+            keep = [gr.update()] * (2 * st.MAX_CANDIDATES)
+            return (None, "", "", "", message, *hidden, *keep)
+
+        def render(task: st.Task | None, user: st.User, project_name: str, message: str = ""):
+            mine = st.user_progress(store, user, project_name)
+            progress_text = (
+                f"**Your progress in {project_name}:** {mine['ranked']} ranked, {mine['skipped']} skipped, "
+                f"{mine['flagged']} flagged (project has {mine['items']} items)"
+            )
+            if task is None:
+                hidden = [gr.update(visible=False)] * st.MAX_CANDIDATES
+                return (
+                    None,
+                    progress_text,
+                    "",
+                    "**No items left for you in this project. Thank you!**",
+                    message,
+                    *hidden,
+                    *[gr.update()] * st.MAX_CANDIDATES,
+                    *[gr.update(value=None)] * st.MAX_CANDIDATES,
+                )
+            k = len(task.candidates)
+            choices = [str(r) for r in range(1, k + 1)]
+            card_updates = [gr.update(visible=i < k) for i in range(st.MAX_CANDIDATES)]
+            text_updates = [
+                gr.update(value=f"**{LETTERS[i]}.** {task.candidates[i]['text']}" if i < k else "")
+                for i in range(st.MAX_CANDIDATES)
+            ]
+            radio_updates = [gr.update(choices=choices, value=None) for _ in range(st.MAX_CANDIDATES)]
+            state = {"assignment_id": task.assignment_id, "ids": [c["id"] for c in task.candidates]}
+            return (
+                state,
+                progress_text,
+                task.guidelines or "_No guidelines for this project._",
+                f"### Prompt\n\n{task.prompt}",
+                message,
+                *card_updates,
+                *text_updates,
+                *radio_updates,
+            )
+
+        task_outputs = [task_state, progress, guidelines, prompt, status, *candidate_outputs]
+
+        def on_load(request: gr.Request):
+            user = _user(store, request)
+            projects = st.list_projects(store)
+            first = projects[0] if projects else None
+            admin = user.role == "admin"
+            return (
+                f"Logged in as **{user.name}** ({user.role})",
+                gr.update(choices=projects, value=first),
+                gr.update(visible=admin),
+                gr.update(choices=projects, value=first) if admin else gr.update(),
+            )
+
+        @_guard
+        def on_next(project_name: str, request: gr.Request):
+            if not project_name:
+                return blank("Choose a project, then press **Start / next item**.")
+            user = _user(store, request)
+            return render(st.claim_next(store, user, project_name), user, project_name)
+
+        @_guard
+        def on_submit(
+            state: dict | None, project_name: str, r0, r1, r2, r3, r4, r5, r6, r7, request: gr.Request
+        ):
+            ranks = (r0, r1, r2, r3, r4, r5, r6, r7)  # one per candidate slot (MAX_CANDIDATES)
+            if not state:
+                raise AlignError("no open item: press 'Start / next item'")
+            user = _user(store, request)
+            ids = state["ids"]
+            missing = [LETTERS[i] for i in range(len(ids)) if not ranks[i]]
+            if missing:
+                raise AlignError(f"rank every candidate before submitting (missing: {', '.join(missing)})")
+            st.submit_ranking(
+                store, user, state["assignment_id"], {ids[i]: int(ranks[i]) for i in range(len(ids))}
+            )
+            return render(st.claim_next(store, user, project_name), user, project_name, "Saved. Next item:")
+
+        def releaser(status_name: str):
+            @_guard
+            def on_release(state: dict | None, project_name: str, why: str, request: gr.Request):
+                if not state:
+                    raise AlignError("no open item: press 'Start / next item'")
+                user = _user(store, request)
+                st.release(store, user, state["assignment_id"], status_name, why)
+                result = render(
+                    st.claim_next(store, user, project_name), user, project_name, f"Item {status_name}."
+                )
+                return (*result, "")
+
+            return on_release
+
+        private = {"api_visibility": "private"}
+        blocks.load(on_load, None, [who, project, admin_tab, admin_project], **private).then(
+            on_next, [project], task_outputs, **private
+        )
+        start.click(on_next, [project], task_outputs, **private)
+        submit.click(on_submit, [task_state, project, *radios], task_outputs, **private)
+        skip.click(releaser("skipped"), [task_state, project, reason], [*task_outputs, reason], **private)
+        flag.click(releaser("flagged"), [task_state, project, reason], [*task_outputs, reason], **private)
+
+        @_guard
+        def on_refresh(project_name: str, request: gr.Request):
+            if not project_name:
+                return (gr.update(),) * 6
+            _admin(store, request)
+            progress_data = st.project_progress(store, project_name)
+            report = agreement_report(store, project_name)
+            rows = [
+                {"annotator": name, **counts} for name, counts in sorted(progress_data["annotators"].items())
+            ]
+            text = (
+                f"**{project_name}**: {progress_data['done']} / {progress_data['needed']} annotations "
+                f"({progress_data['percent']}%), {progress_data['items']} items x M={progress_data['annotations_per_item']}. "
+                f"Krippendorff's alpha: ordinal {report['alpha_ordinal']}, interval {report['alpha_interval']}."
+            )
+            return (
+                text,
+                _frame(rows, ["annotator", "submitted", "active", "skipped", "flagged", "expired"]),
+                _frame(report["kendall_tau"], ["annotator_a", "annotator_b", "items", "tau"]),
+                _frame(report["consensus"], ["item", "prompt", "annotators", "consensus"]),
+                _frame(st.flagged_items(store, project_name), ["item", "annotator", "reason", "at"]),
+                _frame(st.audit_log(store, 100), ["at", "user", "action", "detail"]),
+            )
+
+        @_guard
+        def on_export(project_name: str, mode: str, file_format: str, request: gr.Request):
+            admin = _admin(store, request)
+            out = os.path.join(
+                tempfile.mkdtemp(prefix="align-export-"), f"{project_name}-{mode}.{file_format}"
+            )
+            export_project(store, project_name, out, mode=mode, by=admin.name)  # type: ignore[arg-type]
+            return out
+
+        @_guard
+        def on_rankings(project_name: str, name: str, request: gr.Request):
+            _admin(store, request)
+            rows = [
+                {
+                    "item": item.external_id,
+                    "prompt": item.prompt[:80],
+                    "ranking": " , ".join(f"{item.candidates[c][:30]!r}: {r}" for c, r in ranks.items()),
+                }
+                for item in st.ranked_items(store, project_name, name or None)
+                for who_, ranks in item.rankings.items()
+                if not name or who_ == name
+            ]
+            return _frame(rows, ["item", "prompt", "ranking"])
+
+        @_guard
+        def on_add_user(name: str, password: str, role: str, request: gr.Request):
+            admin = _admin(store, request)
+            st.add_user(store, name, password, role, by=admin.name)
+            return f"Added {role} **{name}**.", ""
+
+        admin_outputs = [summary, per_annotator, taus, consensus_table, flags, audit_table]
+        refresh.click(on_refresh, [admin_project], admin_outputs, **private)
+        admin_project.change(on_refresh, [admin_project], admin_outputs, **private)
+        export_button.click(on_export, [admin_project, export_mode, export_format], [export_file], **private)
+        show_rankings.click(on_rankings, [admin_project, annotator], [rankings_table], **private)
+        add_button.click(
+            on_add_user, [new_name, new_password, new_role], [add_status, new_password], **private
+        )
+
+        _register_api(store)
+    return blocks
+
+
+def _frame(rows: list[dict[str, Any]], columns: list[str]):
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _register_api(store: st.Store) -> None:
+    """Typed endpoints for ``gradio_client``; JSON strings in and out. Inside a Blocks context."""
+
+    @_guard
+    def claim(project: str, request: gr.Request) -> str:
+        """Claim (or resume) your next item in a project: JSON task, or 'null' when none is left."""
+        task = st.claim_next(store, _user(store, request), project)
+        return json.dumps(task.model_dump() if task else None)
+
+    @_guard
+    def submit(assignment_id: int, ranks: str, request: gr.Request) -> str:
+        """Submit a ranking: ranks is JSON {candidate id: rank}, 1 = best, ties allowed."""
+        return json.dumps(
+            {"ranking_id": st.submit_ranking(store, _user(store, request), int(assignment_id), ranks)}
+        )
+
+    @_guard
+    def skip(assignment_id: int, reason: str, request: gr.Request) -> str:
+        """Skip your open item."""
+        st.release(store, _user(store, request), int(assignment_id), "skipped", reason)
+        return "skipped"
+
+    @_guard
+    def flag(assignment_id: int, reason: str, request: gr.Request) -> str:
+        """Flag your open item with a reason."""
+        st.release(store, _user(store, request), int(assignment_id), "flagged", reason)
+        return "flagged"
+
+    @_guard
+    def my_progress(project: str, request: gr.Request) -> str:
+        """Your own counts in a project."""
+        return json.dumps(st.user_progress(store, _user(store, request), project))
+
+    @_guard
+    def admin_progress(project: str, request: gr.Request) -> str:
+        """Admins: progress per project and annotator, with agreement."""
+        _admin(store, request)
+        return json.dumps(
+            {**st.project_progress(store, project), "agreement": agreement_report(store, project)}
+        )
+
+    @_guard
+    def admin_rankings(project: str, annotator: str, request: gr.Request) -> str:
+        """Admins: every submitted ranking of a project, or of one annotator."""
+        _admin(store, request)
+        return json.dumps([item.model_dump() for item in st.ranked_items(store, project, annotator or None)])
+
+    @_guard
+    def admin_export(project: str, mode: str, request: gr.Request) -> str:
+        """Admins: preference pairs as JSONL text (mode 'all' or 'consensus')."""
+        admin = _admin(store, request)
+        rows = preference_rows(st.ranked_items(store, project), mode)  # type: ignore[arg-type]
+        with store.transaction() as session:
+            st.audit(
+                session,
+                admin.name,
+                "export",
+                project=project,
+                mode=mode,
+                pairs=len(rows),
+                file="(gradio api)",
+            )
+        return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+    @_guard
+    def admin_add_user(name: str, password: str, role: str, request: gr.Request) -> str:
+        """Admins: add a user."""
+        admin = _admin(store, request)
+        st.add_user(store, name, password, role, by=admin.name)
+        return name
+
+    for fn in (
+        claim,
+        submit,
+        skip,
+        flag,
+        my_progress,
+        admin_progress,
+        admin_rankings,
+        admin_export,
+        admin_add_user,
+    ):
+        gr.api(fn, api_name=fn.__name__, concurrency_limit=None)
+
+
+def create_app(store: st.Store, host: str = "127.0.0.1", port: int = 7860) -> FastAPI:
+    """FastAPI app: JSON API under /api/v1, Gradio (login required) at /."""
+    app = FastAPI(title="align labeling", docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+    app.include_router(build_router(store))
+    blocks = build_blocks(store).queue(default_concurrency_limit=16)
+
+    def check(name: str, password: str) -> bool:
+        return st.authenticate(store, name, password) is not None
+
+    return gr.mount_gradio_app(
+        app,
+        blocks,
+        path="/",
+        auth=check,
+        auth_message="align labeling: log in with your account",
+        server_name=host,
+        server_port=port,
+        ssr_mode=False,
+        footer_links=[],
+        head=KEYBOARD_JS,
+        css=CSS,
+    )
+
+
+def serve(
+    db_url: str | None, host: str = "127.0.0.1", port: int = 7860, claim_timeout_minutes: float = 60
+) -> None:
+    """Run the app with uvicorn until interrupted; open tasks older than the timeout go back to the pool."""
+    import uvicorn
+
+    store = st.Store(db_url)
+    app = create_app(store, host, port)
+    stop = threading.Event()
+
+    def expire_loop() -> None:
+        while not stop.wait(60):
+            st.expire_stale(store, timedelta(minutes=claim_timeout_minutes))
+
+    threading.Thread(target=expire_loop, daemon=True).start()
+    print(f"align labeling on http://{host}:{port} (database {store.url.split('@')[-1]})", flush=True)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    finally:
+        stop.set()
+        store.close()

@@ -1,0 +1,78 @@
+"""Rankings -> preference pairs in TRL's ``prompt``/``chosen``/``rejected`` format (JSONL or Parquet)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+from alignment.errors import AlignError
+from labeling_ui.agreement import consensus
+from labeling_ui.store import RankedItem, Store, audit, ranked_items
+
+Mode = Literal["all", "consensus"]
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+def ranking_pairs(ranks: Mapping[int, int]) -> list[tuple[int, int]]:
+    """Every ordered (better, worse) pair of a ranking; tied candidates give no pair."""
+    return [(a, b) for a in ranks for b in ranks if ranks[a] < ranks[b]]
+
+
+def preference_rows(items: Sequence[RankedItem], mode: Mode = "all") -> list[dict[str, str]]:
+    """``all``: every pair of every annotator's ranking; ``consensus``: the pairs of the mean-rank consensus."""
+    if mode not in ("all", "consensus"):
+        raise AlignError(f"export mode must be 'all' or 'consensus', not {mode!r}")
+    rows = []
+    for item in items:
+        rankings = [consensus(item.rankings)] if mode == "consensus" else list(item.rankings.values())
+        for ranks in rankings:
+            for better, worse in ranking_pairs(ranks):
+                rows.append(
+                    {
+                        "prompt": item.prompt,
+                        "chosen": item.candidates[better],
+                        "rejected": item.candidates[worse],
+                    }
+                )
+    return rows
+
+
+def write_rows(rows: list[dict[str, str]], path: str | Path, file_format: str | None = None) -> Path:
+    """Write rows as JSONL or Parquet, chosen by ``file_format`` or the file suffix; atomic (temp file, rename)."""
+    path = Path(path)
+    file_format = file_format or FORMATS.get(path.suffix.lower())
+    if file_format not in ("jsonl", "parquet"):
+        raise AlignError(f"cannot tell the format of {path}: use a .jsonl or .parquet file name, or --format")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    if file_format == "jsonl":
+        with temporary.open("w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pa.schema([("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())])
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), temporary)
+    temporary.replace(path)
+    return path
+
+
+def export_project(
+    store: Store,
+    project: str,
+    out: str | Path,
+    *,
+    mode: Mode = "all",
+    file_format: str | None = None,
+    by: str = "cli",
+) -> int:
+    """Export a project's rankings as preference pairs; returns the number of pairs written."""
+    rows = preference_rows(ranked_items(store, project), mode)
+    path = write_rows(rows, out, file_format)
+    with store.transaction() as session:
+        audit(session, by, "export", project=project, mode=mode, pairs=len(rows), file=path.name)
+    return len(rows)
