@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import time
@@ -36,10 +37,8 @@ def kill_tree(process: subprocess.Popen) -> None:
     """SIGKILL the driver and everything it started (Ray's processes included)."""
     parent = psutil.Process(process.pid)
     for child in [*parent.children(recursive=True), parent]:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             child.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
     process.wait(timeout=30)
 
 
