@@ -208,7 +208,8 @@ def run_training(config: Any, worker_cls: type[TrainWorker], resume: bool = Fals
         latest = checkpoints.latest()
         if latest is not None:
             _replace_dir(latest / "hf", final)
-        print(f"final model: {final}\nmetrics: {tracker.path}")
+        progress.close()
+        print(f"final model: {final}\nmetrics: {tracker.path}\nTensorBoard: tensorboard --logdir {output_dir}")
         return final
     finally:
         progress.close()
