@@ -24,6 +24,9 @@ def two_node_cluster():
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+    from alignment.cluster.runtime import start_ray
+
+    start_ray(ClusterConfig())  # back to the session's single-node runtime for the tests after this one
 
 
 @pytest.mark.slow
