@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 EXTRA  ?= $(if $(shell command -v nvidia-smi 2>/dev/null),gpu,cpu)
 STAMP  := $(VENV)/.installed-$(EXTRA)
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint clean test-deps
 
 install: $(STAMP)
 
@@ -21,15 +21,19 @@ $(STAMP): pyproject.toml Makefile
 	@touch $@
 	@echo "installed into $(VENV) ($(EXTRA))"
 
-# Chromium for the browser tests, from Debian's packages (never a browser download of its own).
-chromium:
-	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+# Debian packages the tests use: Chromium for the browser tests (never a browser download of its
+# own) and a PostgreSQL server for the labeling store's PostgreSQL tests. Skipped when present.
+test-deps:
+	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then echo "apt-get install$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 demo: install
 	$(BIN)/align tiny build
 	$(BIN)/align sft --config configs/sft_tiny.yaml
 
-test: install chromium
+test: install test-deps
 	$(BIN)/python -m pytest tests -q -ra --durations=15
 
 test-fast: install
