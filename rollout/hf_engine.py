@@ -67,8 +67,10 @@ class HFEngine:
             length, reason = len(tokens), "length"
             if not s.ignore_eos and eos in tokens:
                 length, reason = tokens.index(eos) + 1, "stop"
-            elif pad in tokens:  # a stop string ended this row; the rest is padding
-                length, reason = tokens.index(pad), "stop"
+            elif s.stop and tokens[-1] == pad:  # a stop string ended this row; generate padded the rest
+                while length and tokens[length - 1] == pad:
+                    length -= 1
+                reason = "stop"
             text = self.tokenizer.decode(tokens[:length], skip_special_tokens=True)
             for stop in s.stop:
                 if stop in text:

@@ -219,6 +219,55 @@ def test_hf_backend_same_interface(vllm_engines, tiny_task, ray_runtime):
         hf.shutdown()
 
 
+def gathering_worker():
+    from alignment.sft import SFTWorker
+
+    class GatheringSFTWorker(SFTWorker):
+        def gathered(self):
+            return self.strategy.full_state_dict()
+
+    return GatheringSFTWorker
+
+
+@pytest.mark.slow
+def test_sync_from_zero3_trainer(vllm_engines, tiny_task, weights, tmp_path):
+    """Train two steps under ZeRO-3 (fully sharded), gather on rank 0, push: the engine answers like the new weights."""
+    from alignment.cluster.group import ActorGroup
+    from alignment.config import SFTConfig
+
+    rows = (tiny_task / "data" / "sft_train.jsonl").read_text().splitlines()[:32]
+    (tmp_path / "sft.jsonl").write_text("\n".join(rows) + "\n")
+    config = SFTConfig.model_validate({
+        "model": str(tiny_task / "base"), "output_dir": str(tmp_path / "out"),
+        "data": {"train": str(tmp_path / "sft.jsonl"), "eval_fraction": 0.1, "max_length": 128},
+        "train": {"micro_batch_size": 4, "global_batch_size": 8, "max_steps": 2},
+        "optim": {"lr": 1e-2, "scheduler": "constant"},
+        "strategy": {"zero_stage": 3, "param_persistence_threshold": 0, "timeout_minutes": 2},
+        "cluster": {"num_workers": 2, "cpus_per_worker": 0.5},
+    })
+    group = ActorGroup(gathering_worker(), config.cluster, name="zero3-trainer", timeout_minutes=2, call_timeout_s=180)
+    try:
+        group.call("setup", config.model_dump())
+        group.call("prepare", 2)
+        for _ in range(2):
+            group.call("train_step", list(range(8)))
+        state = group.call("gathered")[0]
+    finally:
+        group.shutdown()
+    assert state["model.embed_tokens.weight"].shape == weights["base"]["model.embed_tokens.weight"].shape
+    prompt_ids = encode_prompts(vllm_engines.tokenizer, eval_prompts(tiny_task, 16), 256)
+    trained = load_hf(tiny_task / "base")
+    trained.load_state_dict(state, strict=False)
+    eos = vllm_engines.tokenizer.eos_token_id
+    expected = hf_greedy(trained, prompt_ids, eos)
+    assert expected != hf_greedy(load_hf(tiny_task / "base"), prompt_ids, eos)
+    try:
+        vllm_engines.update_weights(state)
+        assert greedy(vllm_engines, prompt_ids) == expected
+    finally:
+        vllm_engines.update_weights(weights["base"])
+
+
 @pytest.mark.slow
 def test_stalled_or_dead_engine_is_a_named_error(vllm_engines, tiny_task):
     """Runs last in this module: it kills one of the shared engines."""
