@@ -26,6 +26,7 @@ class TinyPrefsConfig(Section):
     tiny: str | None = Field(None, description="Tiny task directory (from `align tiny build`); None is $ALIGN_HOME/tiny.")
     candidates: int = Field(4, ge=2, description="Responses sampled per prompt (K).")
     noise: float = Field(0.1, ge=0, description="Annotator noise: std of the Gaussian added to the judge score before ranking.")
+    eval_noise: float = Field(0.0, ge=0, description="Annotator noise on the held-out split (0: gold rankings, so held-out accuracy measures agreement with the judge).")
     max_new_tokens: int = Field(48, ge=4, description="Longest sampled response, in tokens.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     batch_size: int = Field(64, ge=1, description="Sequences per generate call.")
@@ -128,11 +129,12 @@ def build_prefs(config: TinyPrefsConfig, force: bool = False) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     started, counts = time.perf_counter(), {}
-    for split, limit, offset in (("train", config.train_prompts, 0), ("eval", config.eval_prompts, 1)):
+    splits = (("train", config.train_prompts, 0, config.noise), ("eval", config.eval_prompts, 1, config.eval_noise))
+    for split, limit, offset, noise in splits:
         prompts = _read_prompts(tiny / "data" / f"prompts_{split}.jsonl", limit)
         responses = sample_responses(tiny / "base", prompts, config.candidates,
                                      config.model_copy(update={"seed": config.seed + offset}))
-        rankings = ranking_rows(prompts, responses, config.noise, config.seed + offset)
+        rankings = ranking_rows(prompts, responses, noise, config.seed + offset)
         pairs = pair_rows(rankings)
         _write_jsonl(staging / f"rankings_{split}.jsonl", rankings)
         _write_jsonl(staging / f"pairs_{split}.jsonl", pairs)
