@@ -19,7 +19,8 @@ from pathlib import Path
 WARMUP = 3
 
 
-def run_ours(tiny: Path, steps: int, micro: int, batch: int, max_length: int, out: Path) -> list[float]:
+def run_ours(tiny: Path, steps: int, micro: int, batch: int, max_length: int, out: Path,
+             precompute: bool = False) -> list[float]:
     from alignment.config import DPOConfig, load_config
     from alignment.dpo import run_dpo
 
@@ -28,7 +29,8 @@ def run_ours(tiny: Path, steps: int, micro: int, batch: int, max_length: int, ou
         f"model={tiny / 'base'}", f"output_dir={out / 'ours'}", f"data.train={tiny / 'prefs' / 'pairs_train.jsonl'}",
         f"data.eval={tiny / 'prefs' / 'pairs_eval.jsonl'}", f"data.max_length={max_length}",
         f"train.micro_batch_size={micro}", f"train.global_batch_size={batch}", f"train.max_steps={total}",
-        f"train.eval_every={total}", f"train.save_every={total}", "tracking.progress=false", "tracking.tensorboard=false"])
+        f"train.eval_every={total}", f"train.save_every={total}", "tracking.progress=false", "tracking.tensorboard=false",
+        f"dpo.precompute_ref_logps={str(precompute).lower()}"])
     run_dpo(config)
     rows = [json.loads(line) for line in (out / "ours" / "metrics.jsonl").read_text().splitlines()]
     return [row["time/step_s"] for row in rows[WARMUP:-1]]  # the last step also evaluates and checkpoints
@@ -41,7 +43,8 @@ def trl_rows(path: Path) -> list[dict]:
              "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows]
 
 
-def run_trl(tiny: Path, steps: int, micro: int, batch: int, max_length: int, out: Path) -> list[float]:
+def run_trl(tiny: Path, steps: int, micro: int, batch: int, max_length: int, out: Path,
+            precompute: bool = False) -> list[float]:
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, TrainerCallback
@@ -64,7 +67,7 @@ def run_trl(tiny: Path, steps: int, micro: int, batch: int, max_length: int, out
                      gradient_accumulation_steps=batch // micro, max_length=max_length, learning_rate=5e-5,
                      max_steps=steps + WARMUP, bf16=False, gradient_checkpointing=False, report_to="none",
                      save_strategy="no", logging_steps=10**6, beta=0.1, use_cpu=True, dataloader_num_workers=0,
-                     disable_tqdm=True)
+                     disable_tqdm=True, precompute_ref_log_probs=precompute)
     model = AutoModelForCausalLM.from_pretrained(str(tiny / "base"), dtype=torch.float32)
     reference = AutoModelForCausalLM.from_pretrained(str(tiny / "base"), dtype=torch.float32)
     trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=dataset,
@@ -119,6 +122,8 @@ def main() -> None:
     parser.add_argument("--micro", type=int, default=8, help="pairs per forward")
     parser.add_argument("--batch", type=int, default=32, help="pairs per optimizer step")
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--precompute", action="store_true",
+                        help="also time ours and TRL with reference log-probs precomputed before training")
     args = parser.parse_args()
     tiny = Path(args.tiny)
     shape = (args.steps, args.micro, args.batch, args.max_length)
@@ -126,6 +131,9 @@ def main() -> None:
         out = Path(scratch)
         results = {"bare PyTorch": run_bare(tiny, *shape), "TRL DPOTrainer": run_trl(tiny, *shape, out),
                    "ours (Ray+DeepSpeed, 2 actors)": run_ours(tiny, *shape, out)}
+        if args.precompute:
+            results["TRL DPOTrainer, precomputed ref"] = run_trl(tiny, *shape, out / "pre", precompute=True)
+            results["ours, precomputed ref"] = run_ours(tiny, *shape, out / "pre", precompute=True)
     rates = {name: args.batch / statistics.median(times) for name, times in results.items()}
     print(f"\nDPO throughput: batch {args.batch} pairs (micro {args.micro}), max_length {args.max_length}, "
           f"{args.steps} timed steps each, median step time")
@@ -134,6 +142,10 @@ def main() -> None:
         print(f"{name:34s} {statistics.median(times):8.3f} {rates[name]:9.1f}")
     ours = rates["ours (Ray+DeepSpeed, 2 actors)"]
     print(f"ours / TRL = {ours / rates['TRL DPOTrainer']:.2f}x; ours / bare = {ours / rates['bare PyTorch']:.2f}x")
+    if args.precompute:
+        pre = rates["ours, precomputed ref"]
+        print(f"precomputed: ours / TRL = {pre / rates['TRL DPOTrainer, precomputed ref']:.2f}x; "
+              f"ours precomputed / TRL on the fly = {pre / rates['TRL DPOTrainer']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -54,9 +54,10 @@ def test_step0_loss_is_ln2_and_metrics_have_trl_names(on_the_fly):
 
 
 @pytest.mark.slow
-def test_precomputed_reference_gives_the_same_run(on_the_fly, micro_model, tmp_path):
+def test_precomputed_reference_under_zero3_gives_the_same_run(on_the_fly, micro_model, tmp_path):
+    """ZeRO-3 (sharded policy and reference, precomputed log-probs gathered across ranks) vs ZeRO-2 on the fly."""
     output, expected_final = on_the_fly
-    final = run_dpo(dpo_config(micro_model, tmp_path / "pre", dpo__precompute_ref_logps=True))
+    final = run_dpo(dpo_config(micro_model, tmp_path / "pre", dpo__precompute_ref_logps=True, strategy__zero_stage=3))
     expected = [row["train/loss"] for row in read_metrics(output)]
     assert [row["train/loss"] for row in read_metrics(tmp_path / "pre")] == pytest.approx(expected, rel=1e-5, abs=1e-6)
     reference = final_weights(expected_final)
