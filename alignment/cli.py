@@ -16,6 +16,8 @@ from alignment.errors import AlignError
 
 JOB_MODULES = (
     "alignment.jobs.sft",
+    "alignment.jobs.dpo",
+    "alignment.jobs.rm",
     "alignment.jobs.tiny",
     "alignment.jobs.generate",
     "labeling_ui.cli",

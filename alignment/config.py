@@ -208,3 +208,86 @@ def _expand_home(node: Any) -> Any:
 def dump_config(config: BaseModel) -> str:
     """The resolved config as YAML (what --print-config shows and what a run saves)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _check_batch_divides(train: TrainConfig, cluster: ClusterConfig) -> None:
+    per_step = train.micro_batch_size * cluster.num_workers
+    if train.global_batch_size % per_step:
+        raise ValueError(
+            f"train.global_batch_size ({train.global_batch_size}) must be a multiple of "
+            f"train.micro_batch_size x cluster.num_workers ({per_step})"
+        )
+
+
+class PreferenceDataConfig(Section):
+    """Preference pairs (prompt/chosen/rejected) or rankings (prompt/responses/ranks), text or conversational."""
+
+    train: str = Field(..., description="Training data: a .jsonl/.json/.parquet file or a local `datasets` directory.")
+    eval: str | None = Field(None, description="Held-out data (same formats); None splits eval_fraction off train.")
+    eval_fraction: float = Field(0.05, ge=0, lt=1, description="Share of train pairs held out when `eval` is None.")
+    max_length: int = Field(256, ge=8, description="Prompt plus response are truncated to this many tokens.")
+    prompt_field: str = Field("prompt", description="Column with the prompt: text, or a list of {role, content} messages.")
+    chosen_field: str = Field("chosen", description="Column with the preferred response (text or assistant messages).")
+    rejected_field: str = Field("rejected", description="Column with the dispreferred response.")
+    responses_field: str = Field("responses", description="Ranking rows: column with the list of K responses.")
+    ranks_field: str = Field("ranks", description="Ranking rows: column with each response's rank (1 = best; ties give no pair).")
+    margin_field: str | None = Field(None, description="Optional column with a per-pair margin (reward models only).")
+    shuffle: bool = Field(True, description="Shuffle the training order each epoch (seeded).")
+
+
+class DPOLossConfig(Section):
+    loss_type: Literal["sigmoid", "cdpo", "ipo", "simpo"] = Field(
+        "sigmoid", description="sigmoid = DPO; cdpo = DPO with label smoothing; ipo; simpo = reference-free, length-normalised.")
+    beta: float = Field(0.1, gt=0, description="Inverse temperature of the implicit reward (IPO: the regulariser tau).")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO / SimPO: assumed probability that a label is flipped.")
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO target reward margin gamma.")
+    nll_coef: float = Field(0.0, ge=0, description="Weight of an extra per-token NLL term on the chosen response (0 disables).")
+    precompute_ref_logps: bool = Field(False, description="Compute reference log-probs once before training and free the reference.")
+    reference: str | None = Field(None, description="Reference model directory; None uses `model` (the usual choice).")
+
+
+class DPOConfig(Section):
+    """Direct preference optimisation (DPO, cDPO, IPO, SimPO) of a causal LM against a frozen reference."""
+
+    model: str = Field(..., description="Local Hugging Face model directory to train (the policy).")
+    tokenizer: str | None = Field(None, description="Tokenizer directory; None uses the model's.")
+    output_dir: str = Field(..., description="Where checkpoints, the final model and metrics go.")
+    data: PreferenceDataConfig = Field(..., description="Preference pairs or rankings.")
+    dpo: DPOLossConfig = Field(default_factory=DPOLossConfig, description="Loss type and its parameters.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Batching (in pairs), steps, evaluation, checkpoints.")
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-6), description="Optimizer and learning-rate schedule.")
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="DeepSpeed ZeRO settings (policy and reference).")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Ray cluster and workers; the reference shares them.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Metrics and progress output.")
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> DPOConfig:
+        _check_batch_divides(self.train, self.cluster)
+        return self
+
+
+class RewardLossConfig(Section):
+    center_coef: float = Field(0.0, ge=0, description="Reward centring: weight of (r_chosen + r_rejected)^2 (0 disables).")
+    use_margin: bool = Field(False, description="Subtract the per-pair margin from data.margin_field inside the sigmoid.")
+
+
+class RMConfig(Section):
+    """Bradley-Terry reward model: a causal-LM backbone with a scalar head, trained on preference pairs or rankings."""
+
+    model: str = Field(..., description="Local Hugging Face causal-LM directory for the backbone.")
+    tokenizer: str | None = Field(None, description="Tokenizer directory; None uses the model's.")
+    output_dir: str = Field(..., description="Where checkpoints, the final reward model and metrics go.")
+    data: PreferenceDataConfig = Field(..., description="Preference pairs or rankings.")
+    reward: RewardLossConfig = Field(default_factory=RewardLossConfig, description="Loss options.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Batching (in pairs), steps, evaluation, checkpoints.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer and learning-rate schedule.")
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="DeepSpeed ZeRO settings.")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Ray cluster and workers.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Metrics and progress output.")
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> RMConfig:
+        _check_batch_divides(self.train, self.cluster)
+        if self.reward.use_margin and not self.data.margin_field:
+            raise ValueError("reward.use_margin needs data.margin_field (the column holding each pair's margin)")
+        return self

@@ -68,7 +68,10 @@ class DeepSpeedStrategy:
         return torch.device(name, get_accelerator().current_device()) if name == "cuda" else torch.device(name)
 
     def ds_config(self, train: bool = True) -> dict[str, Any]:
-        zero: dict[str, Any] = {"stage": self.config.zero_stage}
+        # Stages 1-2 shard optimizer state and gradients, which a frozen (inference) model has none of;
+        # DeepSpeed refuses them without an optimizer, so inference engines use stage 0 unless stage 3.
+        stage = self.config.zero_stage if train or self.config.zero_stage == 3 else 0
+        zero: dict[str, Any] = {"stage": stage}
         if self.config.zero_stage == 3:
             zero["stage3_param_persistence_threshold"] = self.config.param_persistence_threshold
             zero["stage3_gather_16bit_weights_on_model_save"] = False

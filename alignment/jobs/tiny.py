@@ -15,6 +15,11 @@ def register(subparsers) -> None:
     build.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
     build.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. steps=300 (see --print-config)")
     build.set_defaults(func=run_build)
+    prefs = actions.add_parser("prefs", help="sample, judge and rank preference data from the tiny base model")
+    prefs.add_argument("--force", action="store_true", help="rebuild even if matching data exists")
+    prefs.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
+    prefs.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. candidates=4 noise=0.1")
+    prefs.set_defaults(func=run_prefs)
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -27,4 +32,16 @@ def run_build(args: argparse.Namespace) -> int:
         print(dump_config(config), end="")
         return 0
     build_tiny(config, force=args.force)
+    return 0
+
+
+def run_prefs(args: argparse.Namespace) -> int:
+    from alignment.config import dump_config, load_config
+    from alignment.tiny.prefs import TinyPrefsConfig, build_prefs
+
+    config = load_config(TinyPrefsConfig, None, args.overrides)
+    if args.print_config:
+        print(dump_config(config), end="")
+        return 0
+    build_prefs(config, force=args.force)
     return 0

@@ -1,0 +1,120 @@
+"""DPO trainer (DPO, cDPO, IPO, SimPO): policy and frozen reference as DeepSpeed engines in the same actors.
+
+Chosen and rejected go through one concatenated forward. The reference's log-probs are computed
+on the fly, or once before training (``dpo.precompute_ref_logps``), after which the reference is freed.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from alignment.config import DPOConfig
+from alignment.data import IGNORE_INDEX
+from alignment.losses import preference_loss
+from alignment.models import check_model_dir, load_causal_lm, load_tokenizer
+from alignment.preference_data import PreferencePair, check_preference_rows, load_train_eval, pair_batch
+from alignment.strategy import DeepSpeedStrategy
+from alignment.trainer import TrainWorker, run_training
+
+
+def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each sequence's labelled (response) tokens, and how many there are."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    token_nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    return -token_nll.sum(-1), (labels != IGNORE_INDEX).sum(-1).float()
+
+
+class DPOWorker(TrainWorker):
+    config_class = DPOConfig
+
+    def load_data(self) -> tuple[list[PreferencePair], list[PreferencePair]]:
+        self.tokenizer = load_tokenizer(self.config.tokenizer or self.config.model)
+        return load_train_eval(self.config.data, self.tokenizer, self.config.train.seed)
+
+    def build_model(self) -> torch.nn.Module:
+        return load_causal_lm(self.config.model, self.strategy.dtype)
+
+    def prepare(self, total_steps: int) -> int:
+        parameters = super().prepare(total_steps)
+        self.reference = None
+        if self.config.dpo.loss_type != "simpo":
+            self.reference = DeepSpeedStrategy(self.config.strategy, self.micro_batch_size, self.accumulation)
+            self.reference.before_model_load(train=False)
+            self.reference.prepare_inference(load_causal_lm(self.config.dpo.reference or self.config.model,
+                                                            self.strategy.dtype))
+            if self.config.dpo.precompute_ref_logps:
+                self._precompute_reference()
+        return parameters
+
+    @torch.no_grad()
+    def _precompute_reference(self) -> None:
+        """Reference log-probs of every train and eval pair (ranks share the work), then free the reference."""
+        pairs = self.train_examples + self.eval_examples
+        mine = list(range(self.rank, len(pairs), self.world_size))
+        per_rank = math.ceil(len(pairs) / self.world_size)
+        results: dict[int, tuple[float, float]] = {}
+        for start in range(0, per_rank, self.micro_batch_size):  # same number of forwards on every rank (ZeRO-3)
+            indices = mine[start : start + self.micro_batch_size]
+            chosen, rejected = self._reference_logps([pairs[i] for i in indices or [0]])
+            results.update({i: (float(c), float(r)) for i, c, r in zip(indices, chosen, rejected)})
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, results) if self.world_size > 1 else gathered.__setitem__(0, results)
+        for part in gathered:
+            for index, (chosen_logp, rejected_logp) in part.items():
+                pairs[index].ref_chosen, pairs[index].ref_rejected = chosen_logp, rejected_logp
+        self.reference.engine.destroy() if hasattr(self.reference.engine, "destroy") else None
+        self.reference = None
+        gc.collect()
+
+    def _reference_logps(self, pairs: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
+        if pairs[0].ref_chosen is not None:
+            return (torch.tensor([p.ref_chosen for p in pairs], device=self.strategy.device),
+                    torch.tensor([p.ref_rejected for p in pairs], device=self.strategy.device))
+        batch = {k: v.to(self.strategy.device) for k, v in pair_batch(pairs, self.tokenizer.pad_token_id).items()}
+        with torch.no_grad():
+            logps, _ = sequence_logps(self.reference.engine, batch)
+        return logps[: len(pairs)], logps[len(pairs) :]
+
+    def batch_loss(self, examples: list[PreferencePair]):
+        settings, n = self.config.dpo, len(examples)
+        batch = {k: v.to(self.strategy.device) for k, v in pair_batch(examples, self.tokenizer.pad_token_id).items()}
+        logps, lengths = sequence_logps(self.engine, batch)
+        ref_chosen, ref_rejected = self._reference_logps(examples) if settings.loss_type != "simpo" else (None, None)
+        losses, chosen_rewards, rejected_rewards = preference_loss(
+            settings.loss_type, logps[:n], logps[n:], ref_chosen, ref_rejected, lengths[:n], lengths[n:],
+            settings.beta, settings.label_smoothing, settings.simpo_gamma)
+        if settings.nll_coef:
+            losses = losses - settings.nll_coef * logps[:n] / lengths[:n].clamp(min=1)
+        metrics = {
+            "rewards/chosen_sum": float(chosen_rewards.sum()),
+            "rewards/rejected_sum": float(rejected_rewards.sum()),
+            "rewards/accuracies_sum": float((chosen_rewards > rejected_rewards).float().sum()),
+            "rewards/margins_sum": float((chosen_rewards - rejected_rewards).sum()),
+            "logps/chosen_sum": float(logps[:n].detach().sum()),
+            "logps/rejected_sum": float(logps[n:].detach().sum()),
+        }
+        return losses.sum(), float(n), metrics
+
+
+def validate_dpo(config: DPOConfig) -> None:
+    """Checks that need the file system, done before any cluster starts."""
+    check_model_dir(config.model)
+    for path, what in ((config.tokenizer, "tokenizer"), (config.dpo.reference, "model")):
+        if path:
+            check_model_dir(path, what)
+    for path in (config.data.train, config.data.eval):
+        if path:
+            check_preference_rows(path, config.data)
+
+
+def run_dpo(config: DPOConfig, resume: bool = False) -> Path:
+    """Run `align dpo`; returns the final HF model directory."""
+    validate_dpo(config)
+    return run_training(config, DPOWorker, resume=resume)

@@ -1,0 +1,145 @@
+"""Preference data: pairs (prompt/chosen/rejected) and K-way rankings, in TRL's standard formats.
+
+A row is either a pair ``{"prompt", "chosen", "rejected"}`` or a ranking
+``{"prompt", "responses": [...], "ranks": [...]}`` (rank 1 is best; each ranking expands into
+its ordered pairs, ties give none). Prompts and responses are plain text or conversational
+message lists; plain text is rendered as one user turn and one assistant turn of the chat
+template. Without a prompt column, conversational chosen/rejected share their prompt as the
+common leading messages (TRL's implicit prompt). Malformed rows stop with the file and line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from alignment.data import IGNORE_INDEX, TokenizedExample, read_records, row_location, tokenize_sft
+from alignment.errors import AlignError
+
+Messages = list[dict[str, Any]]
+
+
+@dataclass
+class PreferencePair:
+    chosen: TokenizedExample
+    rejected: TokenizedExample
+    margin: float = 0.0
+    ref_chosen: float | None = None  # precomputed reference log-probs (DPO)
+    ref_rejected: float | None = None
+
+
+def _messages(value: Any, role: str, field: str) -> Messages:
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    raise ValueError(f"field {field!r} must be text or a non-empty list of {{role, content}} messages")
+
+
+def _split_implicit_prompt(chosen: Messages, rejected: Messages) -> tuple[Messages, Messages, Messages]:
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == 0:
+        raise ValueError("row has no prompt column and chosen/rejected share no leading messages")
+    return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
+def row_pairs(row: dict[str, Any], config) -> list[tuple[Messages, Messages, Messages, float]]:
+    """(prompt, chosen, rejected, margin) message lists of one row; raises ValueError when malformed."""
+    if config.responses_field in row or config.ranks_field in row:
+        return _ranking_pairs(row, config)
+    missing = [f for f in (config.chosen_field, config.rejected_field) if f not in row]
+    if missing:
+        raise ValueError(f"row has neither {config.chosen_field!r}/{config.rejected_field!r} nor "
+                         f"{config.responses_field!r}/{config.ranks_field!r} (missing {missing})")
+    chosen = _messages(row[config.chosen_field], "assistant", config.chosen_field)
+    rejected = _messages(row[config.rejected_field], "assistant", config.rejected_field)
+    if config.prompt_field in row:
+        prompt = _messages(row[config.prompt_field], "user", config.prompt_field)
+    elif isinstance(row[config.chosen_field], list):
+        prompt, chosen, rejected = _split_implicit_prompt(chosen, rejected)
+    else:
+        raise ValueError(f"row has no {config.prompt_field!r} column")
+    return [(prompt, chosen, rejected, _margin(row, config))]
+
+
+def _margin(row: dict[str, Any], config) -> float:
+    if not config.margin_field:
+        return 0.0
+    value = row.get(config.margin_field)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f"field {config.margin_field!r} must be a number, got {value!r}")
+    return float(value)
+
+
+def _ranking_pairs(row: dict[str, Any], config) -> list[tuple[Messages, Messages, Messages, float]]:
+    responses, ranks = row.get(config.responses_field), row.get(config.ranks_field)
+    if not isinstance(responses, list) or not isinstance(ranks, list) or len(responses) != len(ranks) or len(ranks) < 2:
+        raise ValueError(f"{config.responses_field!r} and {config.ranks_field!r} must be lists of the same length >= 2")
+    if not all(isinstance(rank, int | float) and not isinstance(rank, bool) for rank in ranks):
+        raise ValueError(f"{config.ranks_field!r} must hold numbers (1 = best), got {ranks!r}")
+    if config.prompt_field not in row:
+        raise ValueError(f"ranking row has no {config.prompt_field!r} column")
+    prompt = _messages(row[config.prompt_field], "user", config.prompt_field)
+    answers = [_messages(r, "assistant", config.responses_field) for r in responses]
+    pairs = []
+    for i, j in combinations(range(len(answers)), 2):
+        if ranks[i] != ranks[j]:
+            better, worse = (i, j) if ranks[i] < ranks[j] else (j, i)
+            pairs.append((prompt, answers[better], answers[worse], float(abs(ranks[i] - ranks[j]))))
+    return pairs
+
+
+def check_preference_rows(path: str | Path, config) -> int:
+    """Validate every row without tokenising; returns the number of pairs."""
+    count = 0
+    for index, row in enumerate(read_records(path)):
+        try:
+            count += len(row_pairs(row, config))
+        except (ValueError, TypeError) as error:
+            raise AlignError(f"{row_location(path, index)}: {error}") from None
+    if not count:
+        raise AlignError(f"{path}: no preference pairs (all rankings are ties?)")
+    return count
+
+
+def _tokenize(tokenizer, prompt: Messages, response: Messages, max_length: int) -> TokenizedExample:
+    example = tokenize_sft(tokenizer, prompt + response, max_length)
+    if not any(label != IGNORE_INDEX for label in example.labels[1:]):
+        raise ValueError(f"no response token survives max_length={max_length}")
+    return example
+
+
+def load_preference_pairs(path: str | Path, tokenizer, config) -> list[PreferencePair]:
+    """Read, expand and tokenise preference data; any bad row stops with its location."""
+    pairs = []
+    for index, row in enumerate(read_records(path)):
+        try:
+            for prompt, chosen, rejected, margin in row_pairs(row, config):
+                pairs.append(PreferencePair(_tokenize(tokenizer, prompt, chosen, config.max_length),
+                                            _tokenize(tokenizer, prompt, rejected, config.max_length), margin))
+        except (ValueError, TypeError) as error:
+            raise AlignError(f"{row_location(path, index)}: {error}") from None
+    if not pairs:
+        raise AlignError(f"{path}: no preference pairs (all rankings are ties?)")
+    return pairs
+
+
+def load_train_eval(config, tokenizer, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Train and held-out pairs: from ``data.eval`` or split off train."""
+    from alignment.data import split_holdout
+
+    train = load_preference_pairs(config.train, tokenizer, config)
+    if config.eval:
+        return train, load_preference_pairs(config.eval, tokenizer, config)
+    return split_holdout(train, config.eval_fraction, seed)
+
+
+def pair_batch(pairs: list[PreferencePair], pad_id: int) -> dict:
+    """One right-padded batch: all chosen sequences, then all rejected (one concatenated forward)."""
+    from alignment.data import pad_batch
+
+    return pad_batch([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)

@@ -1,0 +1,86 @@
+"""Reward models: load a scalar-head model saved by `align rm` and score (prompt, response) pairs in batches.
+
+``RewardScorer`` works in any process; ``RewardServer`` is the same as a Ray actor class, used by
+PPO and checkpoint comparison::
+
+    server = RewardServer.remote("runs/rm/final")
+    scores = ray.get(server.score.remote(prompts, responses))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+Prompt = str | list[dict[str, Any]]
+
+
+def load_reward_model(path: str | Path, dtype: torch.dtype = torch.float32):
+    """A sequence-classification model with one output (the reward), with its pad token set."""
+    from transformers import AutoModelForSequenceClassification
+
+    from alignment.models import load_tokenizer
+
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=dtype)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def save_reward_model(state_dict: dict[str, torch.Tensor], model_config, tokenizer, out_dir: Path) -> None:
+    """Write weights, the reward model's own config (architecture, num_labels, pad id) and tokenizer."""
+    from huggingface_hub import save_torch_state_dict
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_config.save_pretrained(str(out_dir))
+    save_torch_state_dict({k: v.contiguous() for k, v in state_dict.items()}, str(out_dir), max_shard_size="5GB")
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def conversation(prompt: Prompt, response: str) -> list[dict[str, Any]]:
+    """A prompt (text or messages) and a response as chat messages."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    return [*messages, {"role": "assistant", "content": response}]
+
+
+class RewardScorer:
+    """Scores responses with a trained reward model, ``batch_size`` sequences per forward."""
+
+    def __init__(self, path: str | Path, batch_size: int = 32, max_length: int = 256, threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.model, self.tokenizer = load_reward_model(path)
+        self.model.eval()
+        self.batch_size = batch_size
+        self.max_length = max_length
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        from alignment.data import render_chat
+
+        ids = [render_chat(self.tokenizer, conversation(p, r), add_generation_prompt=False)[: self.max_length]
+               for p, r in zip(prompts, responses)]
+        scores: list[float] = []
+        for start in range(0, len(ids), self.batch_size):
+            scores.extend(self._forward(ids[start : start + self.batch_size]))
+        return scores
+
+    def _forward(self, batch: list[list[int]]) -> list[float]:
+        length = max(len(x) for x in batch)
+        input_ids = torch.full((len(batch), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for row, sequence in enumerate(batch):
+            input_ids[row, : len(sequence)] = torch.tensor(sequence)
+            mask[row, : len(sequence)] = 1
+        return self.model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float().tolist()
+
+
+@ray.remote
+class RewardServer(RewardScorer):
+    """:class:`RewardScorer` as a Ray actor."""
