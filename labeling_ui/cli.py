@@ -14,7 +14,7 @@ from alignment.errors import AlignError
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "label",
-        help="Labeling app: serve, users, import, export",
+        help="Labeling app: serve, users, import, generate, export",
         description="Human ranking of candidate responses.",
     )
     parser.set_defaults(func=lambda _args: parser.print_help() or 2)
@@ -65,6 +65,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     importer.add_argument("--guidelines", type=Path, help="Markdown file shown to annotators")
     importer.set_defaults(func=_import)
+
+    generate = with_db(commands.add_parser(
+        "generate", help="sample candidates from checkpoints with the rollout engine and import them"))
+    generate.add_argument("project")
+    generate.add_argument("--prompts", required=True, help="JSONL with a `prompt` per line (text or chat messages)")
+    generate.add_argument("--checkpoints", nargs="+", required=True, help="local HF model directories")
+    generate.add_argument("--samples", type=int, default=1, help="responses per prompt from each checkpoint")
+    generate.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompts")
+    generate.add_argument("--max-tokens", type=int, default=64)
+    generate.add_argument("--temperature", type=float, default=1.0)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--backend", choices=["vllm", "hf"], default="vllm", help="rollout backend")
+    generate.add_argument("--annotations-per-item", "-m", type=int, default=None,
+                          help="M distinct annotators per item (new projects: 3)")
+    generate.add_argument("--guidelines", type=Path, help="Markdown file shown to annotators")
+    generate.set_defaults(func=_generate)
 
     export = with_db(commands.add_parser("export", help="export rankings as TRL preference pairs"))
     export.add_argument("project")
@@ -130,6 +146,19 @@ def _import(args: argparse.Namespace) -> int:
         guidelines=guidelines,
     )
     print(f"{args.project}: added {counts['added']} items, skipped {counts['skipped']} already present")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from labeling_ui.generate import generate_candidates
+    from labeling_ui.store import import_items
+
+    records = generate_candidates(args.prompts, args.checkpoints, args.samples, args.max_prompts, args.max_tokens,
+                                  args.temperature, args.seed, args.backend)
+    guidelines = args.guidelines.read_text(encoding="utf-8") if args.guidelines else None
+    counts = import_items(_store(args), args.project, records, annotations_per_item=args.annotations_per_item,
+                          guidelines=guidelines, by="generate")
+    print(f"{args.project}: added {counts['added']} generated items, skipped {counts['skipped']} already present")
     return 0
 
 

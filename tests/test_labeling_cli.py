@@ -65,7 +65,7 @@ def test_align_cli_shows_the_label_job(monkeypatch, capsys):
     monkeypatch.setattr(cli, "JOB_MODULES", ("labeling_ui.cli",))  # the other jobs live on other branches
     with pytest.raises(SystemExit):
         cli.main(["--help"])
-    assert "Labeling app: serve, users, import, export" in capsys.readouterr().out
+    assert "Labeling app: serve, users, import, generate, export" in capsys.readouterr().out
     assert cli.main(["label", "import", "demo", "/nonexistent.jsonl", "--db", "sqlite://"]) == 2
 
 
