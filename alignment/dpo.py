@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from alignment.config import DPOConfig
 from alignment.data import IGNORE_INDEX
 from alignment.losses import preference_loss
-from alignment.models import check_model_dir, load_causal_lm, load_tokenizer
+from alignment.models import load_causal_lm, load_tokenizer
 from alignment.preference_data import PreferencePair, check_preference_rows, load_train_eval, pair_batch
 from alignment.strategy import DeepSpeedStrategy
-from alignment.trainer import TrainWorker, run_training
+from alignment.trainer import TrainWorker, check_inputs, run_training
 
 
 def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,18 +103,7 @@ class DPOWorker(TrainWorker):
         return losses.sum(), float(n), metrics
 
 
-def validate_dpo(config: DPOConfig) -> None:
-    """Checks that need the file system, done before any cluster starts."""
-    check_model_dir(config.model)
-    for path, what in ((config.tokenizer, "tokenizer"), (config.dpo.reference, "model")):
-        if path:
-            check_model_dir(path, what)
-    for path in (config.data.train, config.data.eval):
-        if path:
-            check_preference_rows(path, config.data)
-
-
 def run_dpo(config: DPOConfig, resume: bool = False) -> Path:
     """Run `align dpo`; returns the final HF model directory."""
-    validate_dpo(config)
+    check_inputs(config, check_preference_rows, models=[(config.dpo.reference, "model")])
     return run_training(config, DPOWorker, resume=resume)

@@ -16,8 +16,8 @@ from alignment.data import (
     pad_batch,
     split_holdout,
 )
-from alignment.models import check_model_dir, load_causal_lm, load_tokenizer
-from alignment.trainer import TrainWorker, run_training
+from alignment.models import load_causal_lm, load_tokenizer
+from alignment.trainer import TrainWorker, check_inputs, run_training
 
 
 def token_nll_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -53,17 +53,7 @@ class SFTWorker(TrainWorker):
         return loss_sum, float(tokens), {}
 
 
-def validate_sft(config: SFTConfig) -> None:
-    """Checks that need the file system, done before any cluster starts."""
-    check_model_dir(config.model)
-    if config.tokenizer:
-        check_model_dir(config.tokenizer, "tokenizer")
-    for path in (config.data.train, config.data.eval):
-        if path:
-            check_sft_rows(path, config.data)
-
-
 def run_sft(config: SFTConfig, resume: bool = False) -> Path:
     """Run `align sft`; returns the final HF model directory."""
-    validate_sft(config)
+    check_inputs(config, check_sft_rows)
     return run_training(config, SFTWorker, resume=resume)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,21 @@ def reduce_metrics(results: list[dict[str, float]], prefix: str) -> dict[str, fl
         if key in results[0]:
             merged[f"{prefix}/{key}"] = results[0][key]
     return merged
+
+
+def check_inputs(config: Any, check_rows: Callable[[str, Any], object],
+                 models: Sequence[tuple[str | None, str]] = ()) -> None:
+    """The file-system checks a training job makes before any cluster starts: model and tokenizer
+    directories (plus ``models``: (path, what) pairs), then the structure of every data row."""
+    from alignment.models import check_model_dir
+
+    check_model_dir(config.model)
+    for path, what in ((config.tokenizer, "tokenizer"), *models):
+        if path:
+            check_model_dir(path, what)
+    for path in (config.data.train, config.data.eval):
+        if path:
+            check_rows(path, config.data)
 
 
 def run_training(config: Any, worker_cls: type[TrainWorker], resume: bool = False) -> Path:

@@ -8,9 +8,9 @@ import torch
 
 from alignment.config import RMConfig
 from alignment.losses import bradley_terry_loss
-from alignment.models import check_model_dir, load_tokenizer
+from alignment.models import load_tokenizer
 from alignment.preference_data import PreferencePair, check_preference_rows, load_train_eval, pair_batch
-from alignment.trainer import TrainWorker, run_training
+from alignment.trainer import TrainWorker, check_inputs, run_training
 
 
 def pair_rewards(model: torch.nn.Module, batch: dict[str, torch.Tensor], pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,16 +60,7 @@ class RMWorker(TrainWorker):
         self.strategy.barrier()
 
 
-def validate_rm(config: RMConfig) -> None:
-    check_model_dir(config.model)
-    if config.tokenizer:
-        check_model_dir(config.tokenizer, "tokenizer")
-    for path in (config.data.train, config.data.eval):
-        if path:
-            check_preference_rows(path, config.data)
-
-
 def run_rm(config: RMConfig, resume: bool = False) -> Path:
     """Run `align rm`; returns the final reward-model directory."""
-    validate_rm(config)
+    check_inputs(config, check_preference_rows)
     return run_training(config, RMWorker, resume=resume)
