@@ -18,6 +18,7 @@ JOB_MODULES = (
     "alignment.jobs.sft",
     "alignment.jobs.dpo",
     "alignment.jobs.rm",
+    "alignment.jobs.ppo",
     "alignment.jobs.tiny",
     "alignment.jobs.generate",
     "labeling_ui.cli",

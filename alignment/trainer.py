@@ -72,23 +72,7 @@ class TrainWorker(DistributedWorker):
 
         self.engine.train()
         mine = [self.train_examples[i] for i in shard(indices, self.rank, self.world_size)]
-        batches = self._micro_batches(mine)
-        local_units = sum(self.count_units(batch) for batch in batches)
-        (global_units,) = self.strategy.all_reduce_sum([local_units])
-        # DeepSpeed divides by accumulation steps and averages over ranks; undo both so the
-        # gradient is that of (sum of unit losses) / (units in the global batch).
-        scale = self.world_size * self.accumulation / max(global_units, 1.0)
-        totals: dict[str, float] = {"loss_sum": 0.0, "units": local_units}
-        for batch in batches:
-            loss_sum, _, extra = self.batch_loss(batch)
-            self.strategy.backward(loss_sum * scale)
-            self.strategy.step()
-            totals["loss_sum"] += float(loss_sum.detach())
-            for key, value in extra.items():
-                totals[key] = totals.get(key, 0.0) + value
-        totals["grad_norm"] = self.strategy.grad_norm()
-        totals["lr"] = self.strategy.current_lr()
-        return totals
+        return optimizer_step(self.strategy, self._micro_batches(mine), self.batch_loss, self.count_units)
 
     def count_units(self, batch: list) -> float:
         return float(len(batch))
@@ -128,6 +112,32 @@ class TrainWorker(DistributedWorker):
         if self.rank == 0:
             save_hf_model(state, self.config.model, self.tokenizer, Path(directory))
         self.strategy.barrier()
+
+
+def optimizer_step(strategy: DeepSpeedStrategy, batches: list[list],
+                   batch_loss: Callable[[list], tuple[torch.Tensor, float, dict[str, float]]],
+                   count_units: Callable[[list], float]) -> dict[str, float]:
+    """One optimizer step over this rank's micro-batches, the loss normalised by the global unit count.
+
+    Returns this rank's sums (``loss_sum``, extra metrics), its ``units``, the grad norm and the LR.
+    """
+    world_size, accumulation = strategy.world_size, strategy.accumulation_steps
+    local_units = sum(count_units(batch) for batch in batches)
+    (global_units,) = strategy.all_reduce_sum([local_units])
+    # DeepSpeed divides by accumulation steps and averages over ranks; undo both so the
+    # gradient is that of (sum of unit losses) / (units in the global batch).
+    scale = world_size * accumulation / max(global_units, 1.0)
+    totals: dict[str, float] = {"loss_sum": 0.0, "units": local_units}
+    for batch in batches:
+        loss_sum, _, extra = batch_loss(batch)
+        strategy.backward(loss_sum * scale)
+        strategy.step()
+        totals["loss_sum"] += float(loss_sum.detach())
+        for key, value in extra.items():
+            totals[key] = totals.get(key, 0.0) + value
+    totals["grad_norm"] = strategy.grad_norm()
+    totals["lr"] = strategy.current_lr()
+    return totals
 
 
 def reduce_metrics(results: list[dict[str, float]], prefix: str) -> dict[str, float]:

@@ -60,25 +60,34 @@ class RewardScorer:
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        from alignment.data import render_chat
-
-        ids = [render_chat(self.tokenizer, conversation(p, r), add_generation_prompt=False)[: self.max_length]
-               for p, r in zip(prompts, responses)]
+        ids = encode_conversations(self.tokenizer, prompts, responses, self.max_length)
         scores: list[float] = []
         for start in range(0, len(ids), self.batch_size):
-            scores.extend(self._forward(ids[start : start + self.batch_size]))
+            scores.extend(score_token_ids(self.model, ids[start : start + self.batch_size], self.tokenizer.pad_token_id))
         return scores
 
-    def _forward(self, batch: list[list[int]]) -> list[float]:
-        length = max(len(x) for x in batch)
-        input_ids = torch.full((len(batch), length), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for row, sequence in enumerate(batch):
-            input_ids[row, : len(sequence)] = torch.tensor(sequence)
-            mask[row, : len(sequence)] = 1
-        return self.model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float().tolist()
+
+def encode_conversations(tokenizer, prompts: Sequence[Prompt], responses: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids of each (prompt, response) conversation under the chat template, truncated to ``max_length``."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    from alignment.data import render_chat
+
+    return [render_chat(tokenizer, conversation(p, r), add_generation_prompt=False)[:max_length]
+            for p, r in zip(prompts, responses)]
+
+
+def score_token_ids(model: torch.nn.Module, batch: list[list[int]], pad_id: int,
+                    device: torch.device | str = "cpu") -> list[float]:
+    """Rewards of right-padded sequences in one forward (the head reads each sequence's last real token)."""
+    length = max(len(x) for x in batch)
+    input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for row, sequence in enumerate(batch):
+        input_ids[row, : len(sequence)] = torch.tensor(sequence)
+        mask[row, : len(sequence)] = 1
+    logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+    return logits[:, 0].float().tolist()
 
 
 @ray.remote

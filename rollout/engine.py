@@ -159,12 +159,16 @@ class RolloutEngines:
         self.last_stats = {"seconds": seconds, "new_tokens": new_tokens, "tokens_per_s": new_tokens / max(seconds, 1e-9)}
         return generations
 
-    def update_weights(self, state_dict: dict[str, Any], reset_prefix_cache: bool = True) -> float:
-        """Load full weights into every running engine (one copy in Ray's object store); returns seconds."""
+    def update_weights(self, weights: dict[str, Any] | Any, reset_prefix_cache: bool = True) -> float:
+        """Load full weights into every running engine; returns seconds.
+
+        ``weights`` is a state dict (put once into Ray's object store) or an ObjectRef to one that
+        a trainer rank already put there (no copy through the driver).
+        """
         import ray
 
         started = time.perf_counter()
-        ref = ray.put(state_dict)
+        ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
         put_s = time.perf_counter() - started
         load_s = self._get(
             [engine.update_weights.remote(ref, reset_prefix_cache) for engine in self.engines],
@@ -172,13 +176,12 @@ class RolloutEngines:
         )
         del ref
         seconds = time.perf_counter() - started
-        params = sum(t.numel() for t in state_dict.values())
-        megabytes = sum(t.numel() * t.element_size() for t in state_dict.values()) / 2**20
-        log.info(
-            "rollout: weight sync of %.2fM parameters (%.1f MiB) to %d engine(s) in %.3f s (object store put %.3f s, load max %.3f s)",
-            params / 1e6, megabytes, len(self.engines), seconds, put_s, max(load_s),
-        )
-        self.last_sync = {"seconds": seconds, "put_s": put_s, "load_s": max(load_s), "params": params, "mib": megabytes}
+        self.last_sync = {"seconds": seconds, "put_s": put_s, "load_s": max(load_s)}
+        if isinstance(weights, dict):
+            self.last_sync["params"] = sum(t.numel() for t in weights.values())
+            self.last_sync["mib"] = sum(t.numel() * t.element_size() for t in weights.values()) / 2**20
+        log.info("rollout: weight sync to %d engine(s) in %.3f s (%s)", len(self.engines), seconds,
+                 ", ".join(f"{k} {v:.3f}" for k, v in self.last_sync.items() if k != "seconds"))
         return seconds
 
     def _get(self, refs: list, timeout_s: float, what: str, names: list[str] | None = None) -> list[Any]:

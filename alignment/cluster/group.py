@@ -76,7 +76,11 @@ class ActorGroup:
         name: str,
         timeout_minutes: int = 30,
         call_timeout_s: float | None = None,
+        colocate_with: ActorGroup | None = None,
+        share: float = 1.0,
     ) -> None:
+        """``colocate_with``: place rank i in the same placement-group bundle as that group's rank i,
+        reserving ``share`` of the bundle's CPUs and GPUs (models that take turns on the same devices)."""
         import ray
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -87,22 +91,26 @@ class ActorGroup:
         bundle = {"CPU": cluster.cpus_per_worker}
         if cluster.gpus_per_worker:
             bundle["GPU"] = cluster.gpus_per_worker
-        strategy = "STRICT_SPREAD" if cluster.spread_nodes else "PACK"
-        self.placement_group = placement_group([dict(bundle)] * self.size, strategy=strategy)
-        try:
-            ray.get(self.placement_group.ready(), timeout=cluster.placement_timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            remove_placement_group(self.placement_group)
-            raise AlignError(
-                f"group {name!r}: Ray could not place {self.size} workers with {bundle} each "
-                f"({strategy}); available: {ray.available_resources()}"
-            ) from None
+        self.owns_placement = colocate_with is None
+        if colocate_with is not None:
+            self.placement_group = colocate_with.placement_group
+        else:
+            strategy = "STRICT_SPREAD" if cluster.spread_nodes else "PACK"
+            self.placement_group = placement_group([dict(bundle)] * self.size, strategy=strategy)
+            try:
+                ray.get(self.placement_group.ready(), timeout=cluster.placement_timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                remove_placement_group(self.placement_group)
+                raise AlignError(
+                    f"group {name!r}: Ray could not place {self.size} workers with {bundle} each "
+                    f"({strategy}); available: {ray.available_resources()}"
+                ) from None
         remote_cls = ray.remote(worker_cls)
         threads = max(1, int(cluster.cpus_per_worker))
         self.workers = [
             remote_cls.options(
-                num_cpus=cluster.cpus_per_worker,
-                num_gpus=cluster.gpus_per_worker,
+                num_cpus=cluster.cpus_per_worker * share,
+                num_gpus=cluster.gpus_per_worker * share,
                 name=f"{name}-{rank}-{os.getpid()}",
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=self.placement_group, placement_group_bundle_index=rank
@@ -118,6 +126,10 @@ class ActorGroup:
     def call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         """Run ``method(*args, **kwargs)`` on every rank; return the results in rank order."""
         return self._get([getattr(w, method).remote(*args, **kwargs) for w in self.workers])
+
+    def call_each(self, method: str, per_rank: list[tuple]) -> list[Any]:
+        """Run ``method(*per_rank[r])`` on each rank r (each its own share of the work)."""
+        return self._get([getattr(w, method).remote(*args) for w, args in zip(self.workers, per_rank)])
 
     def call_rank0(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return self._get([getattr(self.workers[0], method).remote(*args, **kwargs)])[0]
@@ -146,4 +158,5 @@ class ActorGroup:
 
         for worker in self.workers:
             ray.kill(worker)
-        remove_placement_group(self.placement_group)
+        if self.owns_placement:
+            remove_placement_group(self.placement_group)

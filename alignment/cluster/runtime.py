@@ -11,8 +11,12 @@ from alignment.runtime_env import configure_environment
 log = logging.getLogger(__name__)
 
 
-def start_ray(cluster: ClusterConfig) -> None:
-    """Join ``cluster.address`` or start a local Ray runtime sized to this machine."""
+def start_ray(cluster: ClusterConfig, extra_cpus: float = 0.0) -> None:
+    """Join ``cluster.address`` or start a local Ray runtime sized to this machine.
+
+    ``extra_cpus``: logical CPUs beyond one group's (rollout engines that take turns with the
+    trainers on the same cores, as PPO's phases do).
+    """
     import ray
 
     env = configure_environment()
@@ -24,7 +28,7 @@ def start_ray(cluster: ClusterConfig) -> None:
         ray.init(address=cluster.address, runtime_env=runtime_env, log_to_driver=True)
         return
     ray.init(
-        num_cpus=max(os.cpu_count() or 1, int(cluster.cpus_per_worker * cluster.num_workers + 0.999)),
+        num_cpus=max(os.cpu_count() or 1, int(cluster.cpus_per_worker * cluster.num_workers + extra_cpus + 0.999)),
         num_gpus=None if cluster.gpus_per_worker else 0,
         include_dashboard=False,
         object_store_memory=cluster.object_store_mb * 1024 * 1024,

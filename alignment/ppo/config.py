@@ -1,0 +1,154 @@
+"""`align ppo` config: models and where they run, rollout, rewards, KL, the algorithm and its updates."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from alignment.config import ClusterConfig, OptimConfig, Section, StrategyConfig, TrackingConfig
+from rollout.config import RolloutConfig, SamplingConfig
+
+Role = Literal["actor", "critic", "reference", "reward"]
+ROLES: tuple[Role, ...] = ("actor", "critic", "reference", "reward")
+GROUP_ESTIMATORS = ("grpo", "rloo", "reinforce_pp_baseline")
+
+
+class PromptDataConfig(Section):
+    """Prompts to roll out from (text or chat messages), one JSON object per line."""
+
+    train: str = Field(..., description="JSONL/JSON/Parquet file or `datasets` directory of training prompts.")
+    eval: str | None = Field(None, description="Held-out prompts scored every `train.eval_every` steps (None: no eval).")
+    prompt_field: str = Field("prompt", description="Column holding each row's prompt: text or [{role, content}, ...].")
+    max_eval_prompts: int | None = Field(64, ge=1, description="Use at most this many held-out prompts.")
+    shuffle: bool = Field(True, description="Shuffle the prompt order each epoch (seeded).")
+
+
+class RewardSourcesConfig(Section):
+    """What the policy is rewarded by: a learned reward model and/or reward functions, summed."""
+
+    model: str | None = Field(None, description="Reward model directory from `align rm` (a scalar-head model); None: functions only.")
+    functions: list[str] = Field(default_factory=list, description="Reward functions: `module:function` paths or http(s):// endpoints; each score is added.")
+    clip: float | None = Field(None, gt=0, description="Clip the summed score to [-clip, clip] (None disables).")
+    missing_eos_penalty: float | None = Field(None, description="Subtract this from the score of responses cut off before EOS.")
+    gold: str | None = Field(None, description="A `module:function` judge reported as reward/gold and eval/gold; never trained on.")
+    max_length: int = Field(256, ge=8, description="Prompt + response tokens the reward model reads.")
+
+
+class KLConfig(Section):
+    """The KL(policy || reference) term: an estimator, a coefficient, and where it enters."""
+
+    coef: float = Field(0.05, ge=0, description="KL coefficient (the initial one when `target` is set); 0 drops the reference model.")
+    estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token estimator: k1 = log ratio, k2 = half its square, k3 = exp(-r) - 1 + r.")
+    use_in: Literal["reward", "loss"] = Field("reward", description="Subtract it from the reward (classic PPO) or add it to the policy loss (GRPO).")
+    target: float | None = Field(None, gt=0, description="Adaptive controller: steer the per-sequence KL towards this value (None: fixed coef).")
+    horizon: int = Field(10_000, ge=1, description="Adaptive controller horizon, in samples.")
+
+
+class AlgorithmConfig(Section):
+    """Advantage estimator, losses, and how each rollout batch is trained on."""
+
+    advantage: Literal["gae", "grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"] = Field(
+        "gae", description="gae (PPO with a critic); group baselines without a critic: grpo, rloo, reinforce_pp, reinforce_pp_baseline.")
+    prompts_per_step: int = Field(16, ge=1, description="Prompts rolled out per step (each sampled sampling.n times).")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
+    mini_batch_size: int = Field(32, ge=1, description="Sequences per optimizer step (over all ranks).")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount factor.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    clip_low: float = Field(0.2, ge=0, lt=1, description="Policy ratio clip below 1 (1 - clip_low).")
+    clip_high: float = Field(0.2, ge=0, description="Policy ratio clip above 1 (1 + clip_high; raise it for DAPO's clip-higher).")
+    dual_clip: float | None = Field(None, gt=1, description="Dual-clip bound c > 1 on negative-advantage tokens (None disables).")
+    value_clip: float | None = Field(0.2, gt=0, description="Clip value updates to +-this around the old values (None disables).")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight in the policy loss.")
+    loss_aggregation: Literal["token", "sequence"] = Field("token", description="token: every response token weighs the same; sequence: every response does.")
+    whiten_advantages: bool = Field(True, description="Normalise advantages over the batch (gae and rloo; grpo and reinforce_pp normalise their own).")
+    critic_warmup_steps: int = Field(0, ge=0, description="Train only the critic for this many first steps.")
+    grpo_scale: bool = Field(True, description="GRPO: divide by the group's standard deviation (False: Dr. GRPO's mean-only baseline).")
+
+
+class PPOTrainConfig(Section):
+    """Steps, micro-batching, evaluation and checkpoints."""
+
+    max_steps: int = Field(50, ge=1, description="Rollout-and-train steps.")
+    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward pass on one rank.")
+    eval_every: int = Field(10, ge=1, description="Score held-out prompts every N steps (also before step 1 and at the end).")
+    eval_samples: int = Field(2, ge=1, description="Samples per held-out prompt (fixed seed).")
+    save_every: int = Field(10, ge=1, description="Write a resumable whole-job checkpoint every N steps (and at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="How many most recent checkpoints to keep.")
+    seed: int = Field(0, description="Seed for prompt order, sampling and minibatch order.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory (actor and critic).")
+    samples_to_log: int = Field(2, ge=0, description="Responses per step written to samples.log.")
+
+
+class PPOConfig(Section):
+    """`align ppo`: RLHF with PPO (actor + critic) or a group baseline (GRPO, RLOO, REINFORCE++)."""
+
+    model: str = Field(..., description="Local Hugging Face causal-LM directory: the initial policy (actor).")
+    reference: str | None = Field(None, description="Reference model for the KL term; None uses `model`.")
+    critic: str | None = Field(None, description="Critic initialisation (a token-value head is added); None uses reward.model, else `model`.")
+    tokenizer: str | None = Field(None, description="Tokenizer directory; None uses the model's.")
+    output_dir: str = Field(..., description="Where checkpoints, the final policy, metrics and samples go.")
+    data: PromptDataConfig = Field(..., description="Training and held-out prompts.")
+    reward: RewardSourcesConfig = Field(default_factory=RewardSourcesConfig, description="Reward model, reward functions, gold judge.")
+    kl: KLConfig = Field(default_factory=KLConfig, description="KL penalty to the reference.")
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="Advantage estimator, losses, epochs and minibatches.")
+    train: PPOTrainConfig = Field(default_factory=PPOTrainConfig, description="Steps, micro-batches, evaluation and checkpoints.")
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(n=4, max_tokens=64), description="Rollout sampling (n samples per prompt; top_p 1 and top_k 0 so the trainer can recompute log-probs).")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Rollout engines (vLLM by default).")
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-5, scheduler="constant"), description="Actor optimizer.")
+    critic_optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-5, scheduler="constant"), description="Critic optimizer.")
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="DeepSpeed settings of every model (inference models use ZeRO-0 unless stage 3).")
+    role_strategies: dict[Role, StrategyConfig] = Field(default_factory=dict, description="Per-model DeepSpeed settings overriding `strategy`, e.g. {critic: {zero_stage: 3}}.")
+    colocate: list[list[Role]] = Field(
+        default_factory=lambda: [list(ROLES)],
+        description="Models that share one group of processes (a list of lists); a model in no list gets its own group, placed on the same devices.")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Ray cluster; ranks per model group.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Metrics and progress output.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PPOConfig:
+        algo, n = self.algorithm, self.sampling.n
+        batch = algo.prompts_per_step * n
+        per_step = self.train.micro_batch_size * self.cluster.num_workers
+        if batch % algo.mini_batch_size:
+            raise ValueError(f"algorithm.prompts_per_step x sampling.n ({batch}) must be a multiple of algorithm.mini_batch_size ({algo.mini_batch_size})")
+        if algo.mini_batch_size % per_step:
+            raise ValueError(f"algorithm.mini_batch_size ({algo.mini_batch_size}) must be a multiple of train.micro_batch_size x cluster.num_workers ({per_step})")
+        if algo.advantage in GROUP_ESTIMATORS and n < 2:
+            raise ValueError(f"algorithm.advantage={algo.advantage} compares samples of the same prompt: sampling.n must be at least 2")
+        if self.sampling.top_p < 1 or self.sampling.top_k:
+            raise ValueError("sampling.top_p must be 1 and sampling.top_k 0: the trainer recomputes log-probs of the full softmax")
+        if self.sampling.temperature <= 0:
+            raise ValueError("sampling.temperature must be > 0 (greedy rollouts give no policy gradient signal)")
+        if not self.reward.model and not self.reward.functions:
+            raise ValueError("reward: set reward.model and/or reward.functions (something must score the responses)")
+        seen = [role for group in self.colocate for role in group]
+        if len(seen) != len(set(seen)):
+            raise ValueError(f"colocate: a model appears in two groups: {self.colocate}")
+        return self
+
+    @property
+    def roles(self) -> list[Role]:
+        """The models this job runs: the actor always; the critic for GAE; reference and reward when used."""
+        roles: list[Role] = ["actor"]
+        if self.algorithm.advantage == "gae":
+            roles.append("critic")
+        if self.kl.coef > 0:
+            roles.append("reference")
+        if self.reward.model:
+            roles.append("reward")
+        return roles
+
+    def groups(self) -> list[list[Role]]:
+        """The process groups: each colocate list (restricted to the roles in use), then one per other role."""
+        used = self.roles
+        groups = [[r for r in group if r in used] for group in self.colocate]
+        groups = [g for g in groups if g]
+        placed = {r for g in groups for r in g}
+        return groups + [[r] for r in used if r not in placed]
+
+    def strategy_for(self, role: Role) -> StrategyConfig:
+        return self.role_strategies.get(role, self.strategy)
+
+    def critic_init(self) -> str:
+        return self.critic or self.reward.model or self.model

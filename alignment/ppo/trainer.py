@@ -1,0 +1,415 @@
+"""`align ppo`: the driver loop. Each step reads like the algorithm::
+
+    rollouts   = engines.generate(prompts)                 # vLLM actors
+    experience = models.forward(...), rewards, advantages  # reference, critic, reward groups
+    models.train("critic"), models.train("actor")          # PPO epochs over minibatches
+    engines.update_weights(models.actor_weights())         # no restart
+
+Models live in Ray ActorGroups of :class:`alignment.ppo.worker.PPOWorker` (colocated as configured);
+the driver holds the data order, the KL controller, metrics and whole-job checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignment.checkpoint import CheckpointManager, check_output_dir
+from alignment.cluster.group import ActorGroup
+from alignment.config import dump_config
+from alignment.errors import AlignError
+from alignment.ppo.config import PPOConfig, Role
+from alignment.ppo.experience import (
+    Rollout,
+    compute_experience,
+    explained_variance,
+    logprob_mismatch,
+    pad,
+)
+from alignment.ppo.kl import AdaptiveKLController, FixedKLController
+from alignment.tracking import PhaseTimer, Tracker
+
+
+class PPOModels:
+    """The job's model groups, and which group hosts each role. Calls split samples evenly over ranks."""
+
+    def __init__(self, config: PPOConfig, total_updates: int) -> None:
+        from alignment.ppo.worker import PPOWorker
+
+        layout = config.groups()
+        self.by_role: dict[Role, ActorGroup] = {}
+        self.groups: list[ActorGroup] = []
+        self.parameters: dict[str, int] = {}
+        first = None
+        try:
+            for roles in layout:
+                group = ActorGroup(PPOWorker, config.cluster, name="+".join(roles),
+                                   timeout_minutes=config.strategy.timeout_minutes,
+                                   colocate_with=first, share=1.0 / len(layout))
+                first = first or group
+                self.groups.append(group)
+                self.parameters.update(group.call("setup", config.model_dump(mode="json"), roles, total_updates)[0])
+                self.by_role.update({role: group for role in roles})
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _split(self, role: Role, samples: list) -> tuple[ActorGroup, list[list]]:
+        """Equal contiguous shares per rank (padded with repeats of the first sample when uneven)."""
+        group = self.by_role[role]
+        per_rank = math.ceil(len(samples) / group.size)
+        padded = samples + [samples[0]] * (per_rank * group.size - len(samples))
+        return group, [padded[r * per_rank : (r + 1) * per_rank] for r in range(group.size)]
+
+    def _per_sample(self, role: Role, method: str, samples: list, *leading: Any) -> list:
+        """``method(*leading, share)`` on every rank of the role's group; per-sample results in order."""
+        group, shares = self._split(role, samples)
+        results = group.call_each(method, [(*leading, share) for share in shares])
+        return [x for part in results for x in part][: len(samples)]
+
+    def forward(self, role: Role, samples: list[dict]) -> list[list[float]]:
+        return self._per_sample(role, "forward", samples, role)
+
+    def score(self, samples: list[dict]) -> list[float]:
+        return self._per_sample("reward", "score", samples)
+
+    def train(self, role: Role, samples: list[dict], step: int, kl_coef: float) -> list[dict[str, float]]:
+        group, shares = self._split(role, samples)
+        return group.call_each("train", [(role, share, step, kl_coef) for share in shares])
+
+    def actor_weights(self):
+        return self.by_role["actor"].call("actor_weights")[0][0]
+
+    def save(self, directory: Path) -> None:
+        for group in self.groups:
+            group.call("save", str(directory))
+        self.by_role["actor"].call("export_hf", str(directory / "hf"))
+
+    def load(self, directory: Path) -> None:
+        for group in self.groups:
+            group.call("load", str(directory))
+
+    def shutdown(self) -> None:
+        for group in self.groups:
+            group.shutdown()
+        self.groups = []
+
+
+def load_prompts(path: str, field: str, tokenizer, room: int, max_model_len: int) -> tuple[list[Any], list[list[int]]]:
+    """Prompts and their token ids; rows without the field, or too long to leave ``room`` tokens, name file:line."""
+    from alignment.data import read_records, render_chat, row_location
+
+    prompts, ids = [], []
+    for index, row in enumerate(read_records(path)):
+        prompt = row.get(field) if isinstance(row, dict) else None
+        if isinstance(prompt, str) and prompt:
+            tokens = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        elif isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "content" in m for m in prompt):
+            tokens = render_chat(tokenizer, prompt, add_generation_prompt=True)
+        else:
+            raise AlignError(f"{row_location(path, index)}: no prompt under {field!r} (text or [{{role, content}}, ...])")
+        if len(tokens) + room > max_model_len:
+            raise AlignError(f"{row_location(path, index)}: prompt has {len(tokens)} tokens; with sampling.max_tokens={room} "
+                             f"it exceeds rollout.max_model_len={max_model_len}")
+        prompts.append(prompt)
+        ids.append(list(tokens))
+    if not prompts:
+        raise AlignError(f"{path}: no prompts")
+    return prompts, ids
+
+
+def check_ppo_inputs(config: PPOConfig) -> None:
+    from alignment.models import check_model_dir
+    from reward.functions import load_reward_function
+
+    for path in (config.model, config.reference, config.critic, config.reward.model):
+        if path:
+            check_model_dir(path)
+    if config.tokenizer:
+        check_model_dir(config.tokenizer, "tokenizer")
+    for path in (config.data.train, config.data.eval):
+        if path and not Path(path).exists():
+            raise AlignError(f"prompt data {path} does not exist")
+    for spec in [*config.reward.functions, *([config.reward.gold] if config.reward.gold else [])]:
+        load_reward_function(spec)
+
+
+class PPOJob:
+    """State of one `align ppo` run: engines, model groups, data, KL controller, tracker."""
+
+    def __init__(self, config: PPOConfig, resume: bool) -> None:
+        from reward.functions import load_reward_function
+
+        check_ppo_inputs(config)
+        self.config = cfg = config
+        self.output_dir = check_output_dir(cfg.output_dir)
+        self.checkpoints = CheckpointManager(self.output_dir, keep=cfg.train.keep_checkpoints)
+        self.resume_from = self.checkpoints.latest() if resume else None
+        if resume and self.resume_from is None:
+            print(f"no checkpoint under {self.checkpoints.root}; starting from scratch")
+        (self.output_dir / "config.yaml").write_text(dump_config(cfg))
+        self.reward_functions = {spec: load_reward_function(spec) for spec in cfg.reward.functions}
+        self.gold = load_reward_function(cfg.reward.gold) if cfg.reward.gold else None
+        algo = cfg.algorithm
+        self.batch_size = algo.prompts_per_step * cfg.sampling.n
+        self.timer = PhaseTimer()
+        self.engines = self.models = None
+        try:
+            self._start()
+        except BaseException:
+            self.shutdown()
+            raise
+        self.kl = (AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon) if cfg.kl.target
+                   else FixedKLController(cfg.kl.coef))
+        self.samples_log = self.output_dir / "samples.log"
+
+    def _start(self) -> None:
+        from alignment.cluster.runtime import start_ray
+        from alignment.data import StepSampler
+        from rollout.engine import RolloutEngines
+
+        cfg, algo = self.config, self.config.algorithm
+        with self.timer.phase("startup"):
+            start_ray(cfg.cluster, extra_cpus=cfg.rollout.num_engines * cfg.rollout.cpus_per_engine)
+            self.engines = RolloutEngines(cfg.model, cfg.rollout, tokenizer=cfg.tokenizer)
+            room, limit = cfg.sampling.max_tokens, cfg.rollout.max_model_len
+            self.prompts, self.prompt_ids = load_prompts(cfg.data.train, cfg.data.prompt_field, self.engines.tokenizer, room, limit)
+            self.eval_prompts, self.eval_ids = [], []
+            if cfg.data.eval:
+                prompts, ids = load_prompts(cfg.data.eval, cfg.data.prompt_field, self.engines.tokenizer, room, limit)
+                self.eval_prompts, self.eval_ids = prompts[: cfg.data.max_eval_prompts], ids[: cfg.data.max_eval_prompts]
+            self.sampler = StepSampler(len(self.prompts), algo.prompts_per_step, cfg.train.seed, cfg.data.shuffle)
+            updates_per_step = algo.ppo_epochs * self.batch_size // algo.mini_batch_size
+            self.models = PPOModels(cfg, cfg.train.max_steps * updates_per_step)
+
+    # ---- the four phases ---------------------------------------------------------------------
+
+    def rollout(self, step: int) -> list[Rollout]:
+        cfg = self.config
+        indices = self.sampler.indices(step - 1)
+        sampling = cfg.sampling.model_copy(update={"seed": cfg.train.seed * 100_003 + step, "logprobs": True})
+        generations = self.engines.generate([self.prompt_ids[i] for i in indices], sampling)
+        eos = self.engines.tokenizer.eos_token_id
+        rollouts = []
+        for g in generations:
+            index = indices[g.prompt_index]
+            tokens, logprobs = (g.token_ids, g.logprobs) if g.token_ids else ([eos], [0.0])
+            rollouts.append(Rollout(self.prompts[index], self.prompt_ids[index], tokens, g.text, logprobs,
+                                    finished=g.finish_reason == "stop"))
+        return rollouts
+
+    def scores(self, prompts: list, texts: list[str], samples: list[dict]) -> tuple[torch.Tensor, dict[str, list[float]]]:
+        """The training score of each response (reward model + functions, penalised, clipped) and its parts."""
+        cfg = self.config.reward
+        parts: dict[str, list[float]] = {}
+        if cfg.model:
+            parts["model"] = self.models.score(samples)
+        for spec, function in self.reward_functions.items():
+            parts[spec] = function(prompts, texts)
+        total = torch.tensor([sum(values) for values in zip(*parts.values())], dtype=torch.float32)
+        return total, parts
+
+    def experience(self, rollouts: list[Rollout]) -> tuple[list[dict], dict[str, float]]:
+        cfg = self.config
+        samples = [{"ids": r.prompt_ids + r.response_ids, "prompt_len": len(r.prompt_ids), "prompt": r.prompt, "text": r.text}
+                   for r in rollouts]
+        roles = cfg.roles
+        logprobs, mask = pad(self.models.forward("actor", samples))
+        rollout_logprobs, _ = pad([r.rollout_logprobs for r in rollouts])
+        ref_logprobs = pad(self.models.forward("reference", samples))[0] if "reference" in roles else None
+        values = pad(self.models.forward("critic", samples))[0] if "critic" in roles else None
+        texts, prompts = [r.text for r in rollouts], [r.prompt for r in rollouts]
+        scores, parts = self.scores(prompts, texts, samples)
+        finished = torch.tensor([r.finished for r in rollouts], dtype=torch.float32)
+        if cfg.reward.missing_eos_penalty is not None:
+            scores = scores - cfg.reward.missing_eos_penalty * (1.0 - finished)
+        if cfg.reward.clip is not None:
+            scores = scores.clamp(-cfg.reward.clip, cfg.reward.clip)
+        exp = compute_experience(cfg.algorithm, cfg.kl, self.kl.value, scores, logprobs, mask, ref_logprobs, values,
+                                 cfg.sampling.n)
+        for i, sample in enumerate(samples):
+            n = int(mask[i].sum())
+            sample["old_logprobs"] = logprobs[i, :n].tolist()
+            sample["advantages"] = exp.advantages[i, :n].tolist()
+            if values is not None:
+                sample["old_values"] = values[i, :n].tolist()
+                sample["returns"] = exp.returns[i, :n].tolist()
+            if ref_logprobs is not None and cfg.kl.use_in == "loss":
+                sample["ref_logprobs"] = ref_logprobs[i, :n].tolist()
+        lengths = mask.sum(dim=1)
+        sequence_kl = (((logprobs - ref_logprobs) * mask).sum(dim=1) if ref_logprobs is not None
+                       else torch.zeros(len(samples)))
+        metrics = {
+            "reward/score": float(scores.mean()),
+            "reward/score_std": float(scores.std()) if len(scores) > 1 else 0.0,
+            **{f"reward/{name}": sum(v) / len(v) for name, v in parts.items()},
+            "kl/sequence": float(sequence_kl.mean()),
+            "kl/token_estimate": float((exp.kl * mask).sum() / mask.sum()),
+            "kl/coef": self.kl.value,
+            "response/length": float(lengths.mean()),
+            "response/eos_fraction": float(finished.mean()),
+            "rollout/mismatch": logprob_mismatch(logprobs, rollout_logprobs, mask),
+            "advantages/mean": float((exp.advantages * mask).sum() / mask.sum()),
+        }
+        if self.gold is not None:
+            metrics["reward/gold"] = sum(gold := self.gold(prompts, texts)) / len(gold)
+        if values is not None:
+            metrics["critic/explained_variance"] = explained_variance(values, exp.returns, mask)
+            metrics["critic/returns"] = float((exp.returns * mask).sum() / mask.sum())
+        self.kl.update(float(sequence_kl.mean()), len(samples))
+        self._log_samples(rollouts, scores, parts)
+        return samples, metrics
+
+    def train(self, step: int, samples: list[dict]) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        roles = ["critic"] if "critic" in self.config.roles else []
+        if step > self.config.algorithm.critic_warmup_steps:
+            roles.append("actor")
+        for role in roles:
+            results = self.models.train(role, samples, step, self.kl.value)
+            metrics.update(reduce_train_metrics(results, "policy" if role == "actor" else "critic"))
+        for key in ("policy/loss", "critic/loss"):
+            if key in metrics and not math.isfinite(metrics[key]):
+                raise AlignError(f"{key} is {metrics[key]} at step {step}; stopping without saving. "
+                                 f"The last good checkpoint is {self.checkpoints.latest()}")
+        return metrics
+
+    def sync(self) -> dict[str, float]:
+        self.engines.update_weights(self.models.actor_weights())
+        return {f"sync/{k}": v for k, v in self.engines.last_sync.items() if k != "seconds"}
+
+    # ---- evaluation, checkpoints, samples ----------------------------------------------------
+
+    def evaluate(self) -> dict[str, float]:
+        cfg = self.config
+        sampling = cfg.sampling.model_copy(update={"n": cfg.train.eval_samples, "seed": cfg.train.seed + 7919})
+        generations = self.engines.generate(self.eval_ids, sampling)
+        prompts = [self.eval_prompts[g.prompt_index] for g in generations]
+        texts = [g.text for g in generations]
+        metrics = {"eval/length": sum(len(g.token_ids) for g in generations) / len(generations)}
+        if self.gold is not None:
+            metrics["eval/gold"] = sum(gold := self.gold(prompts, texts)) / len(gold)
+        samples = [{"prompt": p, "text": t} for p, t in zip(prompts, texts)]
+        scores, parts = self.scores(prompts, texts, samples)
+        metrics["eval/score"] = float(scores.mean())
+        return metrics
+
+    def save(self, step: int, metrics: dict) -> Path:
+        staging = self.checkpoints.staging_dir(step)
+        self.models.save(staging)
+        return self.checkpoints.commit(step, {"step": step, "kl_controller": self.kl.state_dict(), "metrics": metrics})
+
+    def _log_samples(self, rollouts: list[Rollout], scores: torch.Tensor, parts: dict[str, list[float]]) -> None:
+        count = self.config.train.samples_to_log
+        if not count:
+            return
+        self._pending_samples = [
+            {"prompt": r.prompt, "response": r.text, "score": round(float(scores[i]), 4),
+             **{name: round(v[i], 4) for name, v in parts.items()}, "finished": r.finished}
+            for i, r in enumerate(rollouts[:count])
+        ]
+
+    def write_samples(self, step: int) -> None:
+        pending = getattr(self, "_pending_samples", None)
+        if not pending:
+            return
+        with self.samples_log.open("a", encoding="utf-8") as sink:
+            for sample in pending:
+                prompt = sample["prompt"] if isinstance(sample["prompt"], str) else sample["prompt"][-1]["content"]
+                details = json.dumps({k: v for k, v in sample.items() if k not in ("prompt", "response")})
+                sink.write(f"--- step {step} {details}\n> {prompt}\n{sample['response']}\n")
+
+    def shutdown(self) -> None:
+        if self.models is not None:
+            self.models.shutdown()
+        if self.engines is not None:
+            self.engines.shutdown()
+
+
+def reduce_train_metrics(results: list[dict[str, float]], prefix: str) -> dict[str, float]:
+    """Rank sums to means: loss per unit, ``*_tsum`` per response token; grad norm and LR of the last update."""
+    total = {key: sum(r[key] for r in results) for key in results[0]}
+    metrics = {f"{prefix}/loss": total["loss_sum"] / max(total["units"], 1.0)}
+    for key, value in total.items():
+        if key.endswith("_tsum"):
+            metrics[f"{prefix}/{key.removesuffix('_tsum')}"] = value / max(total["tokens"], 1.0)
+    metrics[f"{prefix}/grad_norm"] = results[0]["grad_norm"]
+    metrics[f"{prefix}/lr"] = results[0]["lr"]
+    metrics[f"{prefix}/updates"] = results[0]["updates"]
+    return metrics
+
+
+def run_ppo(config: PPOConfig, resume: bool = False) -> Path:
+    """Run `align ppo`; returns the directory of the final policy (a plain HF model)."""
+    from tqdm import tqdm
+
+    from alignment.trainer import _replace_dir
+
+    job = PPOJob(config, resume)
+    cfg, timer = config, job.timer
+    tracker = None
+    try:
+        start_step = 0
+        if job.resume_from is not None:
+            with timer.phase("resume"):
+                job.models.load(job.resume_from)
+                state = job.checkpoints.load_state(job.resume_from)
+                start_step = state["step"]
+                job.kl.load_state_dict(state["kl_controller"])
+                job.sync()
+            print(f"resumed from {job.resume_from} at step {start_step}")
+        groups = ", ".join(f"[{g.name}] x{g.size}" for g in job.models.groups)
+        params = ", ".join(f"{role} {n / 1e6:.2f}M" for role, n in job.models.parameters.items())
+        print(f"ppo ({cfg.algorithm.advantage}): groups {groups}; {params}; {cfg.rollout.num_engines} {cfg.rollout.backend} "
+              f"engine(s); {job.batch_size} samples per step ({cfg.algorithm.prompts_per_step} prompts x {cfg.sampling.n}); "
+              f"startup {timer.pop().get('time/startup_s', 0.0):.1f} s")
+        tracker = Tracker(job.output_dir, cfg.tracking, cfg.model_dump(mode="json"), resume_step=start_step)
+        if start_step == 0 and job.eval_prompts:
+            with timer.phase("eval"):
+                tracker.log(0, job.evaluate())
+            timer.pop()
+        progress = tqdm(total=cfg.train.max_steps, initial=start_step, desc="ppo", disable=not cfg.tracking.progress,
+                        dynamic_ncols=True)
+        for step in range(start_step + 1, cfg.train.max_steps + 1):
+            started = time.perf_counter()
+            with timer.phase("generate"):
+                rollouts = job.rollout(step)
+            tokens_per_s = job.engines.last_stats["tokens_per_s"]
+            with timer.phase("experience"):
+                samples, metrics = job.experience(rollouts)
+            with timer.phase("train"):
+                metrics.update(job.train(step, samples))
+            with timer.phase("sync"):
+                metrics.update(job.sync())
+            if job.eval_prompts and (step % cfg.train.eval_every == 0 or step == cfg.train.max_steps):
+                with timer.phase("eval"):
+                    metrics.update(job.evaluate())
+            if step % cfg.train.save_every == 0 or step == cfg.train.max_steps:
+                with timer.phase("checkpoint"):
+                    job.save(step, metrics)
+            metrics.update(timer.pop())
+            metrics["time/step_s"] = round(time.perf_counter() - started, 4)
+            metrics["rollout/tokens_per_s"] = tokens_per_s
+            metrics["time/samples_per_s"] = job.batch_size / metrics["time/step_s"]
+            if step % cfg.tracking.log_every == 0 or step == cfg.train.max_steps:
+                tracker.log(step, metrics)
+            job.write_samples(step)
+            progress.update(1)
+            progress.set_postfix(score=f"{metrics['reward/score']:.3f}", kl=f"{metrics['kl/sequence']:.3f}")
+        progress.close()
+        final = job.output_dir / "final"
+        latest = job.checkpoints.latest()
+        if latest is not None:
+            _replace_dir(latest / "hf", final)
+        print(f"final policy: {final}\nmetrics: {tracker.path}\nsamples: {job.samples_log}\n"
+              f"TensorBoard: tensorboard --logdir {job.output_dir}")
+        return final
+    finally:
+        if tracker is not None:
+            tracker.close()
+        job.shutdown()

@@ -1,0 +1,260 @@
+"""One rank of a PPO model group: hosts any of actor, critic, reference and reward as DeepSpeed engines.
+
+Which roles a process hosts is the ``colocate`` setting: colocated models share the process
+(and its devices) and take turns. Every method is called on all ranks of the group at once,
+each with its own equal share of the samples (ZeRO-3 gathers are collective).
+
+A sample sent to a rank is a dict: ``ids`` (prompt + response tokens), ``prompt_len``, and for
+training the per-response-token lists ``old_logprobs``, ``advantages``, ``old_values``, ``returns``
+(and ``ref_logprobs`` when the KL term is in the loss); the reward role reads ``prompt`` and ``text``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alignment.cluster.group import DistributedWorker
+from alignment.models import load_causal_lm, load_tokenizer
+from alignment.ppo.config import PPOConfig, Role
+from alignment.ppo.experience import pad
+from alignment.ppo.kl import kl_estimate
+from alignment.ppo.losses import aggregate, entropy_from_logits, policy_loss, value_loss
+from alignment.strategy import DeepSpeedStrategy
+from alignment.trainer import optimizer_step
+
+TRAINED: tuple[Role, ...] = ("actor", "critic")
+
+
+def response_length(sample: dict) -> int:
+    return len(sample["ids"]) - sample["prompt_len"]
+
+
+def sequence_tensors(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ids and attention mask, and where each response token's prediction sits.
+
+    ``positions[i, j]`` is the logits position that predicts response token j of sample i
+    (prompt_len - 1 + j); ``response_mask`` marks real response tokens.
+    """
+    lengths = [len(s["ids"]) for s in samples]
+    input_ids = torch.full((len(samples), max(lengths)), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    for row, sample in enumerate(samples):
+        input_ids[row, : lengths[row]] = torch.tensor(sample["ids"])
+        attention[row, : lengths[row]] = 1
+    response_lengths = torch.tensor([response_length(s) for s in samples])
+    offsets = torch.arange(int(response_lengths.max()))
+    prompt_lengths = torch.tensor([s["prompt_len"] for s in samples])
+    response_mask = (offsets[None, :] < response_lengths[:, None]).float()
+    positions = (prompt_lengths[:, None] - 1 + offsets[None, :]).clamp(max=input_ids.shape[1] - 2)
+    return {"input_ids": input_ids, "attention_mask": attention, "positions": positions, "response_mask": response_mask}
+
+
+def response_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float):
+    """Log-probabilities of each response token under softmax(logits / temperature), and the entropies."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    index = batch["positions"].to(logits.device)
+    picked = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1])).float() / temperature
+    targets = batch["input_ids"].to(logits.device).gather(1, index + 1)
+    log_probs = torch.log_softmax(picked, dim=-1)
+    return log_probs.gather(-1, targets[..., None]).squeeze(-1), entropy_from_logits(picked)
+
+
+def response_values(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The critic's value of the state before each response token."""
+    values = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., 0].float()
+    return values.gather(1, batch["positions"].to(values.device))
+
+
+class PPOWorker(DistributedWorker):
+    """Actor / critic / reference / reward on one rank; see the module docstring for the sample format."""
+
+    def setup(self, config: dict, roles: list[Role], total_updates: int) -> dict[str, int]:
+        """Load this rank's models; returns each one's parameter count."""
+        cfg = self.config = PPOConfig.model_validate(config)
+        torch.manual_seed(cfg.train.seed)
+        self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+        self.micro = cfg.train.micro_batch_size
+        accumulation = cfg.algorithm.mini_batch_size // (self.micro * self.world_size)
+        self.models: dict[Role, DeepSpeedStrategy] = {}
+        counts = {}
+        for role in roles:
+            strategy = DeepSpeedStrategy(cfg.strategy_for(role), self.micro, accumulation)
+            trained = role in TRAINED
+            strategy.before_model_load(train=trained)
+            model = self._load(role, strategy.dtype)
+            if trained:
+                if cfg.train.gradient_checkpointing:
+                    model.gradient_checkpointing_enable()
+                strategy.prepare(model, cfg.optim if role == "actor" else cfg.critic_optim, total_updates)
+            else:
+                strategy.prepare_inference(model)
+            self.models[role] = strategy
+            counts[role] = sum(getattr(p, "ds_numel", p.numel()) for p in strategy.engine.module.parameters())
+        return counts
+
+    def _load(self, role: Role, dtype: torch.dtype) -> torch.nn.Module:
+        cfg = self.config
+        if role == "actor":
+            return load_causal_lm(cfg.model, dtype)
+        if role == "reference":
+            return load_causal_lm(cfg.reference or cfg.model, dtype)
+        if role == "critic":
+            from transformers import AutoConfig, AutoModelForTokenClassification
+
+            # A token-value head on the backbone (from a reward model its head carries over); no dropout.
+            config = AutoConfig.from_pretrained(cfg.critic_init(), num_labels=1)
+            config.classifier_dropout = 0.0
+            model = AutoModelForTokenClassification.from_pretrained(cfg.critic_init(), config=config, dtype=dtype)
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+            return model
+        from transformers import AutoModelForSequenceClassification
+
+        self.reward_tokenizer = load_tokenizer(cfg.reward.model)
+        model = AutoModelForSequenceClassification.from_pretrained(cfg.reward.model, num_labels=1, dtype=dtype)
+        model.config.pad_token_id = self.reward_tokenizer.pad_token_id
+        return model
+
+    def _chunks(self, samples: list) -> list[list]:
+        return [samples[i : i + self.micro] for i in range(0, len(samples), self.micro)]
+
+    def _device_batch(self, role: Role, samples: list[dict]) -> dict[str, torch.Tensor]:
+        device = self.models[role].device
+        return {k: v.to(device) for k, v in sequence_tensors(samples, self.tokenizer.pad_token_id).items()}
+
+    # ---- experience ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def forward(self, role: Role, samples: list[dict]) -> list[list[float]]:
+        """Per-response-token outputs: log-probs (actor, reference) or values (critic)."""
+        engine = self.models[role].engine
+        engine.eval()
+        results: list[list[float]] = []
+        for chunk in self._chunks(samples):
+            batch = self._device_batch(role, chunk)
+            if role == "critic":
+                out = response_values(engine, batch)
+            else:
+                out, _ = response_logprobs(engine, batch, self.config.sampling.temperature)
+            lengths = batch["response_mask"].sum(dim=1).long().tolist()
+            results.extend(row[:n].cpu().tolist() for row, n in zip(out, lengths))
+        return results
+
+    @torch.no_grad()
+    def score(self, samples: list[dict]) -> list[float]:
+        """The reward model's score of each (prompt, response text)."""
+        from reward.model import encode_conversations, score_token_ids
+
+        strategy = self.models["reward"]
+        ids = encode_conversations(self.reward_tokenizer, [s["prompt"] for s in samples], [s["text"] for s in samples],
+                                   self.config.reward.max_length)
+        scores: list[float] = []
+        for chunk in self._chunks(ids):
+            scores.extend(score_token_ids(strategy.engine, chunk, self.reward_tokenizer.pad_token_id, strategy.device))
+        return scores
+
+    # ---- training --------------------------------------------------------------------------
+
+    def train(self, role: Role, samples: list[dict], step: int, kl_coef: float = 0.0) -> dict[str, float]:
+        """All PPO epochs over this rank's samples in minibatches; returns summed metrics for the driver."""
+        cfg = self.config.algorithm
+        strategy = self.models[role]
+        strategy.engine.train()
+        per_rank = cfg.mini_batch_size // self.world_size
+        loss = self._actor_loss if role == "actor" else self._critic_loss
+        mode = cfg.loss_aggregation if role == "actor" else "token"
+        totals: dict[str, float] = {"updates": 0.0}
+        for epoch in range(cfg.ppo_epochs):
+            order = np.random.default_rng([self.config.train.seed, step, epoch, self.rank]).permutation(len(samples))
+            for start in range(0, len(samples), per_rank):
+                minibatch = [samples[i] for i in order[start : start + per_rank]]
+                result = optimizer_step(
+                    strategy, self._chunks(minibatch), lambda batch: loss(batch, mode, kl_coef),
+                    lambda batch: float(len(batch)) if mode == "sequence" else float(sum(map(response_length, batch))),
+                )
+                for key, value in result.items():
+                    totals[key] = value if key in ("grad_norm", "lr") else totals.get(key, 0.0) + value
+                totals["updates"] += 1
+        return totals
+
+    def _actor_loss(self, samples: list[dict], mode: str, kl_coef: float):
+        cfg = self.config.algorithm
+        batch = self._device_batch("actor", samples)
+        mask = batch["response_mask"]
+        logprobs, entropy = response_logprobs(self.models["actor"].engine, batch, self.config.sampling.temperature)
+        old = pad([s["old_logprobs"] for s in samples])[0].to(mask.device)
+        advantages = pad([s["advantages"] for s in samples])[0].to(mask.device)
+        token_loss, clipped, ratio = policy_loss(logprobs, old, advantages, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
+        if cfg.entropy_coef:
+            token_loss = token_loss - cfg.entropy_coef * entropy
+        if "ref_logprobs" in samples[0]:
+            ref = pad([s["ref_logprobs"] for s in samples])[0].to(mask.device)
+            token_loss = token_loss + kl_coef * kl_estimate(logprobs, ref, self.config.kl.estimator)
+        loss_sum, units = aggregate(token_loss, mask, mode)
+        log_ratio = (logprobs - old).detach()
+        metrics = {
+            "tokens": float(mask.sum()),
+            "clip_frac_tsum": float((clipped * mask).sum()),
+            "ratio_tsum": float((ratio.detach() * mask).sum()),
+            "entropy_tsum": float((entropy.detach() * mask).sum()),
+            "approx_kl_tsum": float((0.5 * log_ratio**2 * mask).sum()),
+        }
+        return loss_sum, units, metrics
+
+    def _critic_loss(self, samples: list[dict], mode: str, kl_coef: float):
+        batch = self._device_batch("critic", samples)
+        mask = batch["response_mask"]
+        values = response_values(self.models["critic"].engine, batch)
+        old = pad([s["old_values"] for s in samples])[0].to(mask.device)
+        returns = pad([s["returns"] for s in samples])[0].to(mask.device)
+        clip = self.config.algorithm.value_clip
+        loss_sum, units = aggregate(value_loss(values, old, returns, clip), mask, "token")
+        clipped = ((values - old).abs() > clip).float() if clip is not None else torch.zeros_like(mask)
+        metrics = {
+            "tokens": float(mask.sum()),
+            "clip_frac_tsum": float((clipped * mask).sum()),
+            "values_tsum": float((values.detach() * mask).sum()),
+        }
+        return loss_sum, units, metrics
+
+    # ---- weights and checkpoints -------------------------------------------------------------
+
+    def actor_weights(self) -> list | None:
+        """Gather the actor's full weights (collective); rank 0 puts them in Ray's object store.
+
+        Returns ``[ref]`` on rank 0 (a list, so Ray hands the reference over instead of the tensors).
+        """
+        import ray
+
+        state = self.models["actor"].full_state_dict()
+        return [ray.put(state)] if state is not None else None
+
+    def save(self, directory: str) -> None:
+        for role in TRAINED:
+            if role in self.models:
+                self.models[role].save_checkpoint(Path(directory) / role)
+
+    def load(self, directory: str) -> None:
+        for role in TRAINED:
+            if role in self.models:
+                self.models[role].load_checkpoint(Path(directory) / role)
+
+    def export_hf(self, directory: str) -> None:
+        """The actor as a plain HF model + tokenizer (all ranks gather, rank 0 writes)."""
+        from alignment.models import save_hf_model
+
+        state = self.models["actor"].full_state_dict()
+        if self.rank == 0:
+            save_hf_model(state, self.config.model, self.tokenizer, Path(directory))
+        self.models["actor"].barrier()
+
+    def hosted(self) -> list[str]:
+        return list(self.models)
+
+    def info(self) -> dict[str, Any]:
+        import os
+
+        return {"pid": os.getpid(), "roles": list(self.models)}
