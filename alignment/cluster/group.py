@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -138,7 +139,17 @@ class ActorGroup:
         import ray
 
         try:
-            return ray.get(refs, timeout=self.call_timeout_s)
+            # Wait rank by rank as results arrive, so a rank that fails or dies is reported at once,
+            # not after its peers time out in a collective it will never join.
+            deadline = None if self.call_timeout_s is None else time.monotonic() + self.call_timeout_s
+            pending = list(refs)
+            while pending:
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ready, pending = ray.wait(pending, num_returns=1, timeout=timeout)
+                if not ready:
+                    raise ray.exceptions.GetTimeoutError()
+                ray.get(ready)
+            return ray.get(refs)
         except ray.exceptions.RayTaskError as error:
             if isinstance(error.cause, AlignError):
                 raise AlignError(str(error.cause)) from None
