@@ -25,6 +25,31 @@ def tiny_task() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_prefs(tiny_task) -> Path:
+    """The tiny task's simulated rankings and pairs (`align tiny prefs`)."""
+    from alignment.tiny.prefs import TinyPrefsConfig, build_prefs
+
+    return build_prefs(TinyPrefsConfig(tiny=str(tiny_task)))
+
+
+def tiny_overrides(tiny_task: Path, tiny_prefs: Path, output_dir: Path) -> list[str]:
+    return [f"model={tiny_task / 'base'}", f"output_dir={output_dir}", "tracking.progress=false",
+            "tracking.tensorboard=false", f"data.eval={tiny_prefs / 'pairs_eval.jsonl'}"]
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tiny_task, tiny_prefs, ray_runtime, tmp_path_factory) -> Path:
+    """A reward model trained on the tiny rankings (configs/rm_tiny.yaml, 60 steps); its final directory."""
+    from alignment.config import RMConfig, load_config
+    from reward.train import run_rm
+
+    output = tmp_path_factory.mktemp("tiny_rm") / "rm"
+    overrides = [*tiny_overrides(tiny_task, tiny_prefs, output), f"data.train={tiny_prefs / 'rankings_train.jsonl'}",
+                 "train.max_steps=60", "train.eval_every=60", "train.save_every=60"]
+    return run_rm(load_config(RMConfig, REPO / "configs" / "rm_tiny.yaml", overrides))
+
+
+@pytest.fixture(scope="session")
 def micro_model(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer Llama (hidden 64) with a BPE tokenizer, built in about a second."""
     from alignment.tiny.build import TinyBuildConfig, _init_model

@@ -8,20 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignment.config import DPOConfig, RMConfig, load_config
-from tests.conftest import REPO, read_metrics
-
-
-@pytest.fixture(scope="module")
-def tiny_prefs(tiny_task) -> Path:
-    from alignment.tiny.prefs import TinyPrefsConfig, build_prefs
-
-    return build_prefs(TinyPrefsConfig(tiny=str(tiny_task)))
-
-
-def tiny_overrides(tiny_task: Path, tiny_prefs: Path, output_dir: Path) -> list[str]:
-    return [f"model={tiny_task / 'base'}", f"output_dir={output_dir}", "tracking.progress=false",
-            "tracking.tensorboard=false", f"data.eval={tiny_prefs / 'pairs_eval.jsonl'}"]
+from alignment.config import DPOConfig, load_config
+from tests.conftest import REPO, read_metrics, tiny_overrides
 
 
 def test_tiny_prefs_rank_by_judge_and_expand_into_pairs(tiny_prefs):
@@ -35,13 +23,8 @@ def test_tiny_prefs_rank_by_judge_and_expand_into_pairs(tiny_prefs):
 
 
 @pytest.mark.slow
-def test_reward_model_reaches_85_percent_held_out_accuracy(tiny_task, tiny_prefs, ray_runtime, tmp_path):
-    from reward.train import run_rm
-
-    overrides = [*tiny_overrides(tiny_task, tiny_prefs, tmp_path / "rm"), f"data.train={tiny_prefs / 'rankings_train.jsonl'}",
-                 "train.max_steps=60", "train.eval_every=60", "train.save_every=60"]
-    run_rm(load_config(RMConfig, REPO / "configs" / "rm_tiny.yaml", overrides))
-    final = read_metrics(tmp_path / "rm")[-1]
+def test_reward_model_reaches_85_percent_held_out_accuracy(tiny_reward_model):
+    final = read_metrics(tiny_reward_model.parent)[-1]
     print(f"reward model held-out accuracy {final['eval/accuracy']:.3f}")
     assert final["eval/accuracy"] >= 0.85
 
