@@ -30,8 +30,7 @@ test-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 demo: install
-	$(BIN)/align tiny build
-	$(BIN)/align sft --config configs/sft_tiny.yaml
+	$(BIN)/align demo
 
 test: install test-deps
 	$(BIN)/python -m pytest tests -q -ra --durations=15

@@ -21,6 +21,7 @@ JOB_MODULES = (
     "alignment.jobs.ppo",
     "alignment.jobs.tiny",
     "alignment.jobs.generate",
+    "alignment.jobs.demo",
     "labeling_ui.cli",
 )
 
