@@ -20,6 +20,7 @@ JOB_MODULES = (
     "alignment.jobs.rm",
     "alignment.jobs.tiny",
     "alignment.jobs.generate",
+    "alignment.jobs.compare",
     "labeling_ui.cli",
 )
 
