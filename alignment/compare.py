@@ -36,6 +36,13 @@ class BootstrapConfig(Section):
     seed: int = Field(0, description="Seed of the resampling (same inputs, same intervals).")
 
 
+class CompareSamplingConfig(SamplingConfig):
+    """Sampling for comparisons: several samples per prompt and a fixed seed unless set otherwise."""
+
+    n: int = Field(4, ge=1, description="Samples per prompt (scores are averaged over them per prompt).")
+    seed: int | None = Field(0, description="Sampling seed: each prompt's samples use seed + sample index, the same for every checkpoint.")
+
+
 class CompareConfig(Section):
     """Compare checkpoints on held-out prompts: scores, KL to a reference, win rates, an HTML report."""
 
@@ -52,8 +59,8 @@ class CompareConfig(Section):
     batch_size: int = Field(64, ge=1, description="Prompts per generate call.")
     score_batch_size: int = Field(32, ge=1, description="Sequences per forward pass of reward models and of the KL computation.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Generation backend, engines, context window and memory.")
-    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(n=4, seed=0),
-                                     description="Sampling; a fixed seed makes the comparison repeatable.")
+    sampling: CompareSamplingConfig = Field(default_factory=CompareSamplingConfig,
+                                            description="Sampling; the fixed seed makes the comparison repeatable.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Ray cluster to run the engines in.")
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig, description="Confidence intervals over prompts.")
     progress: bool = Field(True, description="Show progress bars.")

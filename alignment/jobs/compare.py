@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     parser.add_argument("--output", "-o", help="output directory")
     parser.add_argument("--config", "-c", help="YAML config file (CompareConfig)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, intermixed=True)  # items may follow the options
 
 
 def flag_overrides(args: argparse.Namespace) -> list[str]:
