@@ -21,6 +21,7 @@ JOB_MODULES = (
     "alignment.jobs.ppo",
     "alignment.jobs.tiny",
     "alignment.jobs.generate",
+    "alignment.jobs.compare",
     "alignment.jobs.demo",
     "labeling_ui.cli",
 )
@@ -44,7 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_environment()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # positionals after options: only jobs that set ``intermixed`` take them (into ``args.items``)
+        if not getattr(args, "intermixed", False) or any(item.startswith("-") for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.items += extra
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -211,7 +211,7 @@ def summarize(root: Path, compare_dir: Path, db_url: str, timings: dict[str, flo
         line = f"  {name:>5}: gold {gold['mean']:+.3f}"
         if name != "base":
             rate = metrics["win_rates"]["gold"][name]["base"]
-            line += f"   win rate vs base {rate['rate']:.2f} [{rate['low']:.2f}, {rate['high']:.2f}]"
+            line += f"   win rate vs base {rate['rate']:.2f} [{rate['ci_low']:.2f}, {rate['ci_high']:.2f}]"
         line += f"   KL to base {values['kl']['mean']:.2f}   length {values['length']['mean']:.1f}"
         print(line)
     print(f"\n[demo] report: {compare_dir / 'report.html'}  (open it in a browser)")
