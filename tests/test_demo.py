@@ -1,0 +1,37 @@
+"""`align demo` (slow): the whole loop on the tiny task within 20 minutes, both aligned models beat the base."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.conftest import ALIGN, REPO, subprocess_env
+
+
+@pytest.mark.slow
+def test_demo_runs_the_loop_in_time_and_both_aligned_models_beat_the_base(tiny_task, tmp_path):
+    output = tmp_path / "demo"
+    command = [*ALIGN, "demo", f"output_dir={output}"]
+    result = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((output / "summary.json").read_text())
+    metrics = json.loads((output / "compare" / "metrics.json").read_text())
+    gold = {name: m["scores"]["gold"]["mean"] for name, m in metrics["checkpoints"].items()}
+    wins = {name: metrics["win_rates"]["gold"][name]["base"] for name in ("dpo", "ppo")}
+    print(f"demo: {summary['total_s']:.0f} s ({summary['timings_s']}); gold {gold}; "
+          f"win rates vs base {[(n, round(w['rate'], 3)) for n, w in wins.items()]}")
+    assert summary["total_s"] < 20 * 60
+    for name in ("dpo", "ppo"):
+        assert gold[name] > gold["base"] + 0.2, name
+        assert wins[name]["ci_low"] > 0.5, name  # the whole 95% interval above a coin flip
+    assert (output / "compare" / "report.html").is_file()
+    pairs = (output / "pairs.jsonl").read_text().splitlines()
+    assert len(pairs) > 500 and {"prompt", "chosen", "rejected"} <= json.loads(pairs[0]).keys()
+    assert "align label serve --db sqlite:///" in result.stdout
+
+    again = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stage in ("label", "reward model", "dpo", "ppo", "compare"):
+        assert f"[demo] {stage}: cached" in again.stdout, stage
