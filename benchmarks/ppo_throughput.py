@@ -65,8 +65,8 @@ def trl_ppo_dir(home: Path) -> Path:
     target = home / "bench" / f"trl-{TRL_PPO_VERSION}"
     if (target / "trl" / "experimental" / "ppo" / "ppo_trainer.py").is_file():
         return target
-    staging = Path(tempfile.mkdtemp(prefix="trl-", dir=target.parent if target.parent.exists() else None))
     target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".trl-", dir=target.parent))  # same filesystem: the rename is atomic
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(staging),
                     f"trl=={TRL_PPO_VERSION}"], check=True)
     shutil.rmtree(target, ignore_errors=True)
