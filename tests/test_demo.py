@@ -8,10 +8,11 @@ import subprocess
 import pytest
 
 from tests.conftest import ALIGN, REPO, subprocess_env
+from tests.test_tiny_preferences import preference_accuracy
 
 
 @pytest.mark.slow
-def test_demo_runs_the_loop_in_time_and_both_aligned_models_beat_the_base(tiny_task, tmp_path):
+def test_demo_runs_the_loop_in_time_and_both_aligned_models_beat_the_base(tiny_task, tiny_prefs, tmp_path):
     output = tmp_path / "demo"
     command = [*ALIGN, "demo", f"output_dir={output}"]
     result = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=1500)
@@ -26,6 +27,11 @@ def test_demo_runs_the_loop_in_time_and_both_aligned_models_beat_the_base(tiny_t
     for name in ("dpo", "ppo"):
         assert gold[name] > gold["base"] + 0.2, name
         assert wins[name]["ci_low"] > 0.5, name  # the whole 95% interval above a coin flip
+    assert wins["dpo"]["rate"] >= 0.70
+    held_out = tiny_prefs / "pairs_eval.jsonl"  # rankings by the noiseless judge, prompts never annotated
+    before, after = preference_accuracy(tiny_task / "base", held_out), preference_accuracy(output / "dpo" / "final", held_out)
+    print(f"held-out preference accuracy {before:.3f} -> {after:.3f}")
+    assert after > before
     assert (output / "compare" / "report.html").is_file()
     pairs = (output / "pairs.jsonl").read_text().splitlines()
     assert len(pairs) > 500 and {"prompt", "chosen", "rejected"} <= json.loads(pairs[0]).keys()
