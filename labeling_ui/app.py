@@ -132,7 +132,7 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                 status = gr.Markdown("", elem_id="status")
 
             with gr.Tab("Arena", id="arena"):
-                battle_state = gr.State(None)  # the battle id shown and not yet voted on
+                battle_state = gr.State(None)  # the battle shown and not yet voted on (BattleView as a dict)
                 with gr.Row():
                     arena_project = gr.Dropdown(label="Arena", choices=[], interactive=True, elem_id="arena-project")
                     next_battle = gr.Button("Next battle", variant="primary", elem_id="arena-next-btn")
@@ -162,6 +162,7 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                     label="Arena leaderboard: Elo and Bradley-Terry ratings, 95% bootstrap intervals",
                     interactive=False,
                     elem_id="leaderboard",
+                    visible=False,
                 )
                 per_annotator = gr.Dataframe(label="Progress per annotator", interactive=False)
                 taus = gr.Dataframe(label="Kendall's tau-b per pair of annotators", interactive=False)
@@ -286,39 +287,43 @@ def build_blocks(store: st.Store) -> gr.Blocks:
 
             return on_release
 
-        def battle_outputs(view: arena.BattleView | None, user: st.User, project_name: str):
+        def votes_text(user: st.User, project_name: str) -> str:
             mine = arena.arena_progress(store, user, project_name)
-            progress_text = f"**Your votes in {project_name}:** {mine['voted']} of {mine['battles']} battles"
-            if view is None:
-                return None, progress_text, "**No battles left for you in this arena. Thank you!**", "", "", ""
-            return (
-                view.battle_id,
-                progress_text,
-                f"### Prompt\n\n{view.prompt}",
-                f"#### A\n\n{view.a}",
-                f"#### B\n\n{view.b}",
-                "Which answer is better? The models' names are shown after your vote.",
-            )
+            return f"**Your votes in {project_name}:** {mine['voted']} of {mine['battles']} battles"
+
+        def answers(view: dict, model_a: str = "", model_b: str = "") -> tuple[str, str]:
+            name = lambda model: f": {model}" if model else ""  # noqa: E731
+            return f"#### A{name(model_a)}\n\n{view['a']}", f"#### B{name(model_b)}\n\n{view['b']}"
 
         @_guard
         def on_battle(project_name: str, request: gr.Request):
             if not project_name:
                 return None, "", "", "", "", "No arena yet: an admin creates one with `align label import --arena`."
             user = _user(store, request)
-            return battle_outputs(arena.next_battle(store, user, project_name), user, project_name)
+            view = arena.next_battle(store, user, project_name)
+            if view is None:
+                done = "**No battles left for you in this arena. Thank you!**"
+                return None, votes_text(user, project_name), done, "", "", ""
+            return (
+                view.model_dump(),
+                votes_text(user, project_name),
+                f"### Prompt\n\n{view.prompt}",
+                *answers(view.model_dump()),
+                "Which answer is better? The models' names are shown after your vote.",
+            )
 
         def voter(vote: str):
             @_guard
-            def on_vote(battle_id: int | None, project_name: str, request: gr.Request):
-                if battle_id is None:
+            def on_vote(view: dict | None, project_name: str, request: gr.Request):
+                if view is None:
                     raise AlignError("no open battle: press 'Next battle'")
                 user = _user(store, request)
-                shown = arena.cast_vote(store, user, battle_id, vote)
+                shown = arena.cast_vote(store, user, view["battle_id"], vote)
                 said = {"a": "A is better", "b": "B is better", "tie": "a tie", "both_bad": "both are bad"}[vote]
-                mine = arena.arena_progress(store, user, project_name)
                 return (
                     None,
-                    f"**Your votes in {project_name}:** {mine['voted']} of {mine['battles']} battles",
+                    votes_text(user, project_name),
+                    *answers(view, shown.model_a, shown.model_b),
                     f"**You voted: {said}.** A was **{shown.model_a}**, B was **{shown.model_b}**. "
                     "Press **Next battle** for another.",
                 )
@@ -333,7 +338,10 @@ def build_blocks(store: st.Store) -> gr.Blocks:
         next_battle.click(on_battle, [arena_project], battle_view, **private)
         for vote, button in vote_buttons.items():
             button.click(
-                voter(vote), [battle_state, arena_project], [battle_state, arena_progress, reveal], **private
+                voter(vote),
+                [battle_state, arena_project],
+                [battle_state, arena_progress, answer_a, answer_b, reveal],
+                **private,
             )
         start.click(on_next, [project], task_outputs, **private)
         submit.click(on_submit, [task_state, project, *radios], task_outputs, **private)
@@ -355,9 +363,12 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                 f"({progress_data['percent']}%), {progress_data['items']} items x M={progress_data['annotations_per_item']}. "
                 f"Krippendorff's alpha: ordinal {report['alpha_ordinal']}, interval {report['alpha_interval']}."
             )
+            board = leaderboard_report(store, project_name)
+            if board["votes"]:
+                text += f" Arena: {board['votes']} votes ({board['both_bad']} both bad, counted as ties)."
             return (
                 text,
-                _leaderboard_frame(leaderboard_report(store, project_name)["rows"]),
+                _leaderboard_update(board["rows"]),
                 _frame(rows, ["annotator", "submitted", "active", "skipped", "flagged", "expired"]),
                 _frame(report["kendall_tau"], ["annotator_a", "annotator_b", "items", "tau"]),
                 _frame(report["consensus"], ["item", "prompt", "annotators", "consensus"]),
@@ -414,9 +425,9 @@ def _frame(rows: list[dict[str, Any]], columns: list[str]):
     return pd.DataFrame(rows, columns=columns)
 
 
-def _leaderboard_frame(rows: list[dict[str, Any]]):
-    """Leaderboard rows as a table: intervals as 'low - high'."""
-    return _frame(
+def _leaderboard_update(rows: list[dict[str, Any]]):
+    """The leaderboard table (intervals as 'low - high'), shown only for projects with arena votes."""
+    table = _frame(
         [
             {
                 "model": row["model"],
@@ -431,6 +442,7 @@ def _leaderboard_frame(rows: list[dict[str, Any]]):
         ],
         ["model", "Elo", "Elo 95% CI", "Bradley-Terry", "BT 95% CI", "votes", "win rate"],
     )
+    return gr.update(value=table, visible=bool(rows))
 
 
 def _register_api(store: st.Store) -> None:
