@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
 
 from alignment.errors import AlignError  # noqa: E402
 from labeling_ui import arena  # noqa: E402
@@ -445,14 +446,17 @@ def _leaderboard_update(rows: list[dict[str, Any]]):
     return gr.update(value=table, visible=bool(rows))
 
 
+def _json_or_null(model: BaseModel | None) -> str:
+    return model.model_dump_json() if model is not None else "null"
+
+
 def _register_api(store: st.Store) -> None:
     """Typed endpoints for ``gradio_client``; JSON strings in and out. Inside a Blocks context."""
 
     @_guard
     def claim(project: str, request: gr.Request) -> str:
         """Claim (or resume) your next item in a project: JSON task, or 'null' when none is left."""
-        task = st.claim_next(store, _user(store, request), project)
-        return json.dumps(task.model_dump() if task else None)
+        return _json_or_null(st.claim_next(store, _user(store, request), project))
 
     @_guard
     def submit(assignment_id: int, ranks: str, request: gr.Request) -> str:
@@ -481,8 +485,7 @@ def _register_api(store: st.Store) -> None:
     @_guard
     def arena_next(project: str, request: gr.Request) -> str:
         """A battle you have not voted on: JSON {battle_id, prompt, a, b, ...} without model names, or 'null'."""
-        view = arena.next_battle(store, _user(store, request), project)
-        return json.dumps(view.model_dump() if view else None)
+        return _json_or_null(arena.next_battle(store, _user(store, request), project))
 
     @_guard
     def arena_vote(battle_id: int, vote: str, request: gr.Request) -> str:

@@ -37,6 +37,18 @@ def model_of(source: str) -> str:
     return source.partition("#")[0]
 
 
+def _candidates(session: Session, project_id: int) -> list[tuple[int, int, str]]:
+    """(candidate id, item id, model name or "") of every candidate in the project, by item."""
+    return list(
+        session.execute(
+            select(Candidate.id, Candidate.item_id, Candidate.source)
+            .join(Item, Item.id == Candidate.item_id)
+            .where(Item.project_id == project_id)
+            .order_by(Candidate.item_id, Candidate.id)
+        ).tuples()
+    )
+
+
 def create_battles(store: Store, project_name: str, *, by: str = "cli") -> int:
     """Pair every two candidates of each item whose models differ; pairs already there are kept.
 
@@ -44,23 +56,18 @@ def create_battles(store: Store, project_name: str, *, by: str = "cli") -> int:
     """
     with store.transaction() as session:
         project = get_project(session, project_name)
-        in_project = Item.project_id == project.id
-        rows = session.execute(
-            select(Candidate.id, Candidate.item_id, Candidate.source)
-            .join(Item, Item.id == Candidate.item_id)
-            .where(in_project, Candidate.source != "")
-            .order_by(Candidate.item_id, Candidate.id)
-        ).all()
-        existing = set(
-            session.execute(
+        existing = {
+            tuple(pair)
+            for pair in session.execute(
                 select(Battle.candidate_a_id, Battle.candidate_b_id)
                 .join(Item, Item.id == Battle.item_id)
-                .where(in_project)
-            ).all()
-        )
+                .where(Item.project_id == project.id)
+            )
+        }
         by_item: dict[int, list[tuple[int, str]]] = defaultdict(list)
-        for candidate_id, item_id, source in rows:
-            by_item[item_id].append((candidate_id, model_of(source)))
+        for candidate_id, item_id, source in _candidates(session, project.id):
+            if source:
+                by_item[item_id].append((candidate_id, model_of(source)))
         added = 0
         for item_id, candidates in by_item.items():
             for (first, first_model), (second, second_model) in combinations(candidates, 2):
@@ -190,13 +197,7 @@ def arena_votes(store: Store, project_name: str) -> list[tuple[str, str, str, da
             .where(Item.project_id == project.id)
             .order_by(Vote.created_at, Vote.id)
         ).all()
-        sources = dict(
-            session.execute(
-                select(Candidate.id, Candidate.source)
-                .join(Item, Item.id == Candidate.item_id)
-                .where(Item.project_id == project.id)
-            ).all()
-        )
+        sources = {candidate_id: source for candidate_id, _, source in _candidates(session, project.id)}
     votes = []
     for vote, battle in rows:
         right = (

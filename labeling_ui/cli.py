@@ -177,6 +177,10 @@ def _generate(args: argparse.Namespace) -> int:
     from labeling_ui.generate import generate_candidates
     from labeling_ui.store import import_items
 
+    names = [Path(checkpoint).name for checkpoint in args.checkpoints]
+    if args.arena and len(set(names)) < len(names):
+        raise AlignError(f"--arena tells models apart by directory name, and these repeat: {names}; "
+                         "link or copy the checkpoints to distinct names (e.g. base, dpo)")
     records = generate_candidates(args.prompts, args.checkpoints, args.samples, args.max_prompts, args.max_tokens,
                                   args.temperature, args.seed, args.backend)
     guidelines = args.guidelines.read_text(encoding="utf-8") if args.guidelines else None

@@ -32,7 +32,7 @@ def encode(votes: Sequence[tuple[str, str, str]], models: Sequence[str]) -> Matc
     return first, second, score
 
 
-def elo_ratings(matchups: Matchups, models: int, k: float = 32.0) -> np.ndarray:
+def elo_ratings(matchups: Matchups, models: int, k: float = 16.0) -> np.ndarray:
     """Online Elo in vote order (Elo, 1978), every model starting at 1000.
 
     E_A = 1 / (1 + 10^((R_B - R_A) / 400));  R_A += K (S_A - E_A);  R_B -= K (S_A - E_A).
@@ -96,7 +96,7 @@ def _memoised(rate: Callable[[np.ndarray], Any]) -> Callable[[np.ndarray], Any]:
 def leaderboard(
     votes: Sequence[tuple[str, str, str]],
     *,
-    k: float = 32.0,
+    k: float = 16.0,
     prior: float = 1.0,
     resamples: int = 1000,
     confidence: float = 0.95,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import threading
 
 import httpx
@@ -269,6 +270,7 @@ def planted_db(tmp_path_factory) -> str:
     arena.create_battles(store, "planted")
     truth = model_by_text(store, "planted")
     rng = np.random.default_rng(0)
+    random.seed(0)  # next_battle picks among the least-voted battles at random: the same votes every run
     for user in annotators(store, [f"ann{i}" for i in range(8)]):
         while (view := arena.next_battle(store, user, "planted")) is not None:
             p_a = 1 / (1 + 10 ** ((PLANTED[truth[view.b]] - PLANTED[truth[view.a]]) / 400))
@@ -307,6 +309,9 @@ def test_cli_import_arena_makes_battles(tmp_path, capsys):
     plain.write_text(json.dumps({"prompt": "p", "candidates": ["x", "y"]}) + "\n")
     assert main(["import", "plain", str(plain), "--arena", "--db", db_url]) == 2
     assert "candidates from two different models" in capsys.readouterr().err
+    same_names = ["generate", "duel", "--prompts", str(items), "--checkpoints", "a/final", "b/final", "--arena"]
+    assert main([*same_names, "--db", db_url]) == 2
+    assert "these repeat: ['final', 'final']" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- the running app
