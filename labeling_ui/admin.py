@@ -6,6 +6,8 @@ from typing import Any
 
 from labeling_ui import store as st
 from labeling_ui.agreement import consensus, pairwise_tau, ranking_alpha
+from labeling_ui.arena import arena_votes
+from labeling_ui.leaderboard import leaderboard
 
 
 def agreement_report(store: st.Store, project: str) -> dict[str, Any]:
@@ -36,4 +38,15 @@ def agreement_report(store: st.Store, project: str) -> dict[str, Any]:
         "alpha_interval": None if alpha_interval != alpha_interval else round(alpha_interval, 4),
         "kendall_tau": pairwise_tau(shared),
         "consensus": consensus_rows,
+    }
+
+
+def leaderboard_report(store: st.Store, project: str, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The arena leaderboard of a project: Elo and Bradley-Terry ratings with 95% bootstrap intervals."""
+    votes = [(a, b, vote) for a, b, vote, _ in arena_votes(store, project)]
+    return {
+        "project": project,
+        "votes": len(votes),
+        "both_bad": sum(vote == "both_bad" for _, _, vote in votes),
+        "rows": leaderboard(votes, resamples=resamples, seed=seed),
     }

@@ -5,7 +5,9 @@ POST /api/v1/projects/{project}/next       -> {"task": {...} | null}
 POST /api/v1/tasks/{id}/submit             {"ranks": {candidate_id: rank}} -> {"ranking_id"}
 POST /api/v1/tasks/{id}/skip | /flag       {"reason"}
 GET  /api/v1/projects/{project}/me         own progress
-GET  /api/v1/admin/...                     progress, agreement, rankings, export, users, audit (admins only)
+POST /api/v1/projects/{project}/battles/next  -> {"battle": {...} | null} (no model names)
+POST /api/v1/battles/{id}/vote             {"vote": "a" | "b" | "tie" | "both_bad"} -> models revealed
+GET  /api/v1/admin/...                     progress, agreement, leaderboard, rankings, export, users, audit (admins only)
 """
 
 from typing import Annotated, Any
@@ -14,8 +16,9 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Re
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from alignment.errors import AlignError
+from labeling_ui import arena
 from labeling_ui import store as st
-from labeling_ui.admin import agreement_report
+from labeling_ui.admin import agreement_report, leaderboard_report
 from labeling_ui.export import preference_rows
 
 
@@ -86,6 +89,19 @@ def build_router(store: st.Store) -> APIRouter:
     def flag(assignment_id: int, user: User, reason: Annotated[str, Body(embed=True)] = "") -> dict[str, str]:
         st.release(store, user, assignment_id, "flagged", reason)
         return {"status": "flagged"}
+
+    @router.post("/projects/{project}/battles/next")
+    def next_battle(project: str, user: User) -> dict[str, Any]:
+        view = arena.next_battle(store, user, project)
+        return {"battle": view.model_dump() if view else None}
+
+    @router.post("/battles/{battle_id}/vote")
+    def vote(battle_id: int, user: User, vote: Annotated[str, Body(embed=True)]) -> dict[str, Any]:
+        return arena.cast_vote(store, user, battle_id, vote).model_dump()
+
+    @router.get("/admin/projects/{project}/leaderboard")
+    def leaderboard(project: str, _admin: Admin) -> dict[str, Any]:
+        return leaderboard_report(store, project)
 
     @router.get("/admin/projects/{project}/progress")
     def progress(project: str, _admin: Admin) -> dict[str, Any]:

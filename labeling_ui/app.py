@@ -1,4 +1,4 @@
-"""The labeling web app: a Gradio Blocks UI (login, ranking task, admin tab) and the JSON API, one FastAPI app.
+"""The labeling web app: a Gradio Blocks UI (login, ranking task, arena, admin tab) and the JSON API, one FastAPI app.
 
 Gradio's ``auth=`` checks passwords against the store; every handler looks the user up again
 from ``request.username`` and admin handlers check the role, so the Gradio API (``gradio_client``)
@@ -21,17 +21,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
 
 from alignment.errors import AlignError  # noqa: E402
+from labeling_ui import arena  # noqa: E402
 from labeling_ui import store as st  # noqa: E402
-from labeling_ui.admin import agreement_report  # noqa: E402
+from labeling_ui.admin import agreement_report, leaderboard_report  # noqa: E402
 from labeling_ui.api import build_router, install_error_handlers  # noqa: E402
 from labeling_ui.export import export_project, preference_rows  # noqa: E402
 
 LETTERS = string.ascii_uppercase
 
 # Keyboard: a-h pick a candidate, 1-8 give it a rank (then the next candidate is picked),
-# Enter submits, x skips. Keys typed into text fields are left alone.
+# Enter submits, x skips. Keys typed into text fields, and keys outside the Rank tab, are left alone.
 KEYBOARD_JS = """
 <script>
 (() => {
@@ -47,6 +49,7 @@ KEYBOARD_JS = """
     const t = e.target;
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     if (t && (t.tagName === 'TEXTAREA' || (t.tagName === 'INPUT' && t.type !== 'radio'))) return;
+    if (!document.getElementById('submit-btn')?.offsetParent) return;
     const k = e.key.toLowerCase();
     if (k.length === 1 && k >= 'a' && k <= 'h') { pick(k.charCodeAt(0) - 97); e.preventDefault(); return; }
     if (k.length === 1 && k >= '1' && k <= '8') {
@@ -129,11 +132,39 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                     flag = gr.Button("Flag", variant="stop", elem_id="flag-btn")
                 status = gr.Markdown("", elem_id="status")
 
+            with gr.Tab("Arena", id="arena"):
+                battle_state = gr.State(None)  # the battle shown and not yet voted on (BattleView as a dict)
+                with gr.Row():
+                    arena_project = gr.Dropdown(label="Arena", choices=[], interactive=True, elem_id="arena-project")
+                    next_battle = gr.Button("Next battle", variant="primary", elem_id="arena-next-btn")
+                arena_progress = gr.Markdown("", elem_id="arena-progress")
+                battle_prompt = gr.Markdown("", elem_id="arena-prompt", line_breaks=True)
+                with gr.Row(equal_height=True):
+                    answer_a = gr.Markdown("", elem_id="arena-a", line_breaks=True)
+                    answer_b = gr.Markdown("", elem_id="arena-b", line_breaks=True)
+                with gr.Row():
+                    vote_buttons = {
+                        vote: gr.Button(label, elem_id=f"vote-{vote}", variant=variant)
+                        for vote, label, variant in (
+                            ("a", "A is better", "primary"),
+                            ("tie", "Tie", "secondary"),
+                            ("both_bad", "Both are bad", "stop"),
+                            ("b", "B is better", "primary"),
+                        )
+                    }
+                reveal = gr.Markdown("", elem_id="arena-reveal")
+
             with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
                 with gr.Row():
                     admin_project = gr.Dropdown(label="Project", choices=[], elem_id="admin-project")
                     refresh = gr.Button("Refresh", elem_id="refresh-btn")
                 summary = gr.Markdown("", elem_id="admin-summary")
+                leaderboard_table = gr.Dataframe(
+                    label="Arena leaderboard: Elo and Bradley-Terry ratings, 95% bootstrap intervals",
+                    interactive=False,
+                    elem_id="leaderboard",
+                    visible=False,
+                )
                 per_annotator = gr.Dataframe(label="Progress per annotator", interactive=False)
                 taus = gr.Dataframe(label="Kendall's tau-b per pair of annotators", interactive=False)
                 consensus_table = gr.Dataframe(
@@ -209,9 +240,12 @@ def build_blocks(store: st.Store) -> gr.Blocks:
             projects = st.list_projects(store)
             first = projects[0] if projects else None
             admin = user.role == "admin"
+            ranking = st.list_projects(store, "ranking")
+            arenas = st.list_projects(store, "arena")
             return (
                 f"Logged in as **{user.name}** ({user.role})",
-                gr.update(choices=projects, value=first),
+                gr.update(choices=ranking, value=ranking[0] if ranking else None),
+                gr.update(choices=arenas, value=arenas[0] if arenas else None),
                 gr.update(visible=admin),
                 gr.update(choices=projects, value=first) if admin else gr.update(),
             )
@@ -254,10 +288,62 @@ def build_blocks(store: st.Store) -> gr.Blocks:
 
             return on_release
 
+        def votes_text(user: st.User, project_name: str) -> str:
+            mine = arena.arena_progress(store, user, project_name)
+            return f"**Your votes in {project_name}:** {mine['voted']} of {mine['battles']} battles"
+
+        def answers(view: dict, model_a: str = "", model_b: str = "") -> tuple[str, str]:
+            name = lambda model: f": {model}" if model else ""  # noqa: E731
+            return f"#### A{name(model_a)}\n\n{view['a']}", f"#### B{name(model_b)}\n\n{view['b']}"
+
+        @_guard
+        def on_battle(project_name: str, request: gr.Request):
+            if not project_name:
+                return None, "", "", "", "", "No arena yet: an admin creates one with `align label import --arena`."
+            user = _user(store, request)
+            view = arena.next_battle(store, user, project_name)
+            if view is None:
+                done = "**No battles left for you in this arena. Thank you!**"
+                return None, votes_text(user, project_name), done, "", "", ""
+            return (
+                view.model_dump(),
+                votes_text(user, project_name),
+                f"### Prompt\n\n{view.prompt}",
+                *answers(view.model_dump()),
+                "Which answer is better? The models' names are shown after your vote.",
+            )
+
+        def voter(vote: str):
+            @_guard
+            def on_vote(view: dict | None, project_name: str, request: gr.Request):
+                if view is None:
+                    raise AlignError("no open battle: press 'Next battle'")
+                user = _user(store, request)
+                shown = arena.cast_vote(store, user, view["battle_id"], vote)
+                said = {"a": "A is better", "b": "B is better", "tie": "a tie", "both_bad": "both are bad"}[vote]
+                return (
+                    None,
+                    votes_text(user, project_name),
+                    *answers(view, shown.model_a, shown.model_b),
+                    f"**You voted: {said}.** A was **{shown.model_a}**, B was **{shown.model_b}**. "
+                    "Press **Next battle** for another.",
+                )
+
+            return on_vote
+
         private = {"api_visibility": "private"}
-        blocks.load(on_load, None, [who, project, admin_tab, admin_project], **private).then(
+        battle_view = [battle_state, arena_progress, battle_prompt, answer_a, answer_b, reveal]
+        blocks.load(on_load, None, [who, project, arena_project, admin_tab, admin_project], **private).then(
             on_next, [project], task_outputs, **private
-        )
+        ).then(on_battle, [arena_project], battle_view, **private)
+        next_battle.click(on_battle, [arena_project], battle_view, **private)
+        for vote, button in vote_buttons.items():
+            button.click(
+                voter(vote),
+                [battle_state, arena_project],
+                [battle_state, arena_progress, answer_a, answer_b, reveal],
+                **private,
+            )
         start.click(on_next, [project], task_outputs, **private)
         submit.click(on_submit, [task_state, project, *radios], task_outputs, **private)
         skip.click(releaser("skipped"), [task_state, project, reason], [*task_outputs, reason], **private)
@@ -266,7 +352,7 @@ def build_blocks(store: st.Store) -> gr.Blocks:
         @_guard
         def on_refresh(project_name: str, request: gr.Request):
             if not project_name:
-                return (gr.update(),) * 6
+                return (gr.update(),) * 7
             _admin(store, request)
             progress_data = st.project_progress(store, project_name)
             report = agreement_report(store, project_name)
@@ -278,8 +364,12 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                 f"({progress_data['percent']}%), {progress_data['items']} items x M={progress_data['annotations_per_item']}. "
                 f"Krippendorff's alpha: ordinal {report['alpha_ordinal']}, interval {report['alpha_interval']}."
             )
+            board = leaderboard_report(store, project_name)
+            if board["votes"]:
+                text += f" Arena: {board['votes']} votes ({board['both_bad']} both bad, counted as ties)."
             return (
                 text,
+                _leaderboard_update(board["rows"]),
                 _frame(rows, ["annotator", "submitted", "active", "skipped", "flagged", "expired"]),
                 _frame(report["kendall_tau"], ["annotator_a", "annotator_b", "items", "tau"]),
                 _frame(report["consensus"], ["item", "prompt", "annotators", "consensus"]),
@@ -317,7 +407,7 @@ def build_blocks(store: st.Store) -> gr.Blocks:
             st.add_user(store, name, password, role, by=admin.name)
             return f"Added {role} **{name}**.", ""
 
-        admin_outputs = [summary, per_annotator, taus, consensus_table, flags, audit_table]
+        admin_outputs = [summary, leaderboard_table, per_annotator, taus, consensus_table, flags, audit_table]
         refresh.click(on_refresh, [admin_project], admin_outputs, **private)
         admin_project.change(on_refresh, [admin_project], admin_outputs, **private)
         export_button.click(on_export, [admin_project, export_mode, export_format], [export_file], **private)
@@ -336,14 +426,37 @@ def _frame(rows: list[dict[str, Any]], columns: list[str]):
     return pd.DataFrame(rows, columns=columns)
 
 
+def _leaderboard_update(rows: list[dict[str, Any]]):
+    """The leaderboard table (intervals as 'low - high'), shown only for projects with arena votes."""
+    table = _frame(
+        [
+            {
+                "model": row["model"],
+                "Elo": row["elo"],
+                "Elo 95% CI": "{} - {}".format(*row["elo_ci"]),
+                "Bradley-Terry": row["bt"],
+                "BT 95% CI": "{} - {}".format(*row["bt_ci"]),
+                "votes": row["votes"],
+                "win rate": row["win_rate"],
+            }
+            for row in rows
+        ],
+        ["model", "Elo", "Elo 95% CI", "Bradley-Terry", "BT 95% CI", "votes", "win rate"],
+    )
+    return gr.update(value=table, visible=bool(rows))
+
+
+def _json_or_null(model: BaseModel | None) -> str:
+    return model.model_dump_json() if model is not None else "null"
+
+
 def _register_api(store: st.Store) -> None:
     """Typed endpoints for ``gradio_client``; JSON strings in and out. Inside a Blocks context."""
 
     @_guard
     def claim(project: str, request: gr.Request) -> str:
         """Claim (or resume) your next item in a project: JSON task, or 'null' when none is left."""
-        task = st.claim_next(store, _user(store, request), project)
-        return json.dumps(task.model_dump() if task else None)
+        return _json_or_null(st.claim_next(store, _user(store, request), project))
 
     @_guard
     def submit(assignment_id: int, ranks: str, request: gr.Request) -> str:
@@ -368,6 +481,22 @@ def _register_api(store: st.Store) -> None:
     def my_progress(project: str, request: gr.Request) -> str:
         """Your own counts in a project."""
         return json.dumps(st.user_progress(store, _user(store, request), project))
+
+    @_guard
+    def arena_next(project: str, request: gr.Request) -> str:
+        """A battle you have not voted on: JSON {battle_id, prompt, a, b, ...} without model names, or 'null'."""
+        return _json_or_null(arena.next_battle(store, _user(store, request), project))
+
+    @_guard
+    def arena_vote(battle_id: int, vote: str, request: gr.Request) -> str:
+        """Vote a, b, tie or both_bad on a battle; returns JSON with the models that were A and B."""
+        return arena.cast_vote(store, _user(store, request), int(battle_id), vote).model_dump_json()
+
+    @_guard
+    def admin_leaderboard(project: str, request: gr.Request) -> str:
+        """Admins: the arena leaderboard (Elo and Bradley-Terry with 95% bootstrap intervals)."""
+        _admin(store, request)
+        return json.dumps(leaderboard_report(store, project))
 
     @_guard
     def admin_progress(project: str, request: gr.Request) -> str:
@@ -413,6 +542,9 @@ def _register_api(store: st.Store) -> None:
         skip,
         flag,
         my_progress,
+        arena_next,
+        arena_vote,
+        admin_leaderboard,
         admin_progress,
         admin_rankings,
         admin_export,

@@ -1,4 +1,4 @@
-"""`align label ...`: serve the labeling app, manage users, import items, export preference pairs."""
+"""`align label ...`: serve the labeling app, manage users, import items, export pairs, the arena leaderboard."""
 
 from __future__ import annotations
 
@@ -7,14 +7,20 @@ import getpass
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alignment.errors import AlignError
+
+if TYPE_CHECKING:
+    from labeling_ui.store import Store
+
+ARENA_HELP = "also make arena battles: every two candidates of an item from different models"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "label",
-        help="Labeling app: serve, users, import, generate, export",
+        help="Labeling app: serve, users, import, generate, export, leaderboard",
         description="Human ranking of candidate responses.",
     )
     parser.set_defaults(func=lambda _args: parser.print_help() or 2)
@@ -64,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="M distinct annotators per item (new projects: 3)",
     )
     importer.add_argument("--guidelines", type=Path, help="Markdown file shown to annotators")
+    importer.add_argument("--arena", action="store_true", help=ARENA_HELP)
     importer.set_defaults(func=_import)
 
     generate = with_db(commands.add_parser(
@@ -80,6 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     generate.add_argument("--annotations-per-item", "-m", type=int, default=None,
                           help="M distinct annotators per item (new projects: 3)")
     generate.add_argument("--guidelines", type=Path, help="Markdown file shown to annotators")
+    generate.add_argument("--arena", action="store_true", help=ARENA_HELP)
     generate.set_defaults(func=_generate)
 
     export = with_db(commands.add_parser("export", help="export rankings as TRL preference pairs"))
@@ -94,8 +102,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--format", choices=["jsonl", "parquet"], help="default: from the file suffix")
     export.set_defaults(func=_export)
 
+    board = with_db(commands.add_parser("leaderboard", help="arena leaderboard: Elo and Bradley-Terry ratings"))
+    board.add_argument("project")
+    board.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    board.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    board.add_argument("--seed", type=int, default=0, help="bootstrap seed (same seed, same intervals)")
+    board.set_defaults(func=_leaderboard)
 
-def _store(args: argparse.Namespace):
+
+def _store(args: argparse.Namespace) -> Store:
     from labeling_ui.store import Store
 
     return Store(args.db)
@@ -138,27 +153,42 @@ def _import(args: argparse.Namespace) -> int:
         if not args.guidelines.is_file():
             raise AlignError(f"no such guidelines file: {args.guidelines}")
         guidelines = args.guidelines.read_text(encoding="utf-8")
+    store = _store(args)
     counts = import_items(
-        _store(args),
+        store,
         args.project,
         read_jsonl(args.file),
         annotations_per_item=args.annotations_per_item,
         guidelines=guidelines,
     )
     print(f"{args.project}: added {counts['added']} items, skipped {counts['skipped']} already present")
+    _make_battles(args, store)
     return 0
+
+
+def _make_battles(args: argparse.Namespace, store: Store) -> None:
+    if args.arena:
+        from labeling_ui.arena import create_battles
+
+        print(f"{args.project}: added {create_battles(store, args.project)} arena battles")
 
 
 def _generate(args: argparse.Namespace) -> int:
     from labeling_ui.generate import generate_candidates
     from labeling_ui.store import import_items
 
+    names = [Path(checkpoint).name for checkpoint in args.checkpoints]
+    if args.arena and len(set(names)) < len(names):
+        raise AlignError(f"--arena tells models apart by directory name, and these repeat: {names}; "
+                         "link or copy the checkpoints to distinct names (e.g. base, dpo)")
     records = generate_candidates(args.prompts, args.checkpoints, args.samples, args.max_prompts, args.max_tokens,
                                   args.temperature, args.seed, args.backend)
     guidelines = args.guidelines.read_text(encoding="utf-8") if args.guidelines else None
-    counts = import_items(_store(args), args.project, records, annotations_per_item=args.annotations_per_item,
+    store = _store(args)
+    counts = import_items(store, args.project, records, annotations_per_item=args.annotations_per_item,
                           guidelines=guidelines, by="generate")
     print(f"{args.project}: added {counts['added']} generated items, skipped {counts['skipped']} already present")
+    _make_battles(args, store)
     return 0
 
 
@@ -167,4 +197,28 @@ def _export(args: argparse.Namespace) -> int:
 
     pairs = export_project(_store(args), args.project, args.out, mode=args.mode, file_format=args.format)
     print(f"wrote {pairs} preference pairs to {args.out}")
+    return 0
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    import json
+
+    from labeling_ui.admin import leaderboard_report
+
+    report = leaderboard_report(_store(args), args.project, resamples=args.resamples, seed=args.seed)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{args.project}: {report['votes']} votes ({report['both_bad']} both bad, counted as ties)")
+    for column in ("rank", "model", "Elo", "95% CI", "Bradley-Terry", "95% CI", "votes", "win rate"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for rank, row in enumerate(report["rows"], start=1):
+        table.add_row(
+            str(rank), row["model"], f"{row['elo']:.0f}", "{:.0f} - {:.0f}".format(*row["elo_ci"]),
+            f"{row['bt']:.0f}", "{:.0f} - {:.0f}".format(*row["bt_ci"]), str(row["votes"]), f"{row['win_rate']:.3f}",
+        )
+    Console(width=120).print(table)
     return 0

@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy import (
     JSON,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Integer,
@@ -137,6 +138,36 @@ class Ranking(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     ranks: Mapped[dict[str, int]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+VOTES = ("a", "b", "tie", "both_bad")
+
+
+class Battle(Base):
+    """Two candidates of one item from different models (``candidate_a_id < candidate_b_id``)."""
+
+    __tablename__ = "battles"
+    __table_args__ = (UniqueConstraint("candidate_a_id", "candidate_b_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    candidate_a_id: Mapped[int] = mapped_column(ForeignKey("candidates.id"))
+    candidate_b_id: Mapped[int] = mapped_column(ForeignKey("candidates.id"))
+
+
+class Vote(Base):
+    """One annotator's arena vote; ``vote`` is relative to the order shown (``left_candidate_id`` was A)."""
+
+    __tablename__ = "votes"
+    __table_args__ = (
+        UniqueConstraint("battle_id", "user_id"),
+        CheckConstraint("vote IN ('a', 'b', 'tie', 'both_bad')", name="vote_value"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    battle_id: Mapped[int] = mapped_column(ForeignKey("battles.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    left_candidate_id: Mapped[int] = mapped_column(ForeignKey("candidates.id"))
+    vote: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now, index=True)
 
 
 class AuditEntry(Base):
@@ -396,9 +427,14 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def list_projects(store: Store) -> list[str]:
+def list_projects(store: Store, kind: str | None = None) -> list[str]:
+    """Project names; ``kind="arena"``: only projects with battles, ``kind="ranking"``: only those without."""
+    query = select(Project.name).order_by(Project.name)
+    if kind is not None:
+        arenas = select(Item.project_id).join(Battle, Battle.item_id == Item.id)
+        query = query.where(Project.id.in_(arenas) if kind == "arena" else Project.id.not_in(arenas))
     with store.transaction(write=False) as session:
-        return list(session.scalars(select(Project.name).order_by(Project.name)))
+        return list(session.scalars(query))
 
 
 def get_project(session: Session, name: str) -> Project:

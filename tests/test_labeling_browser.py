@@ -1,7 +1,8 @@
-"""End to end in headless Chromium: an annotator ranks by keyboard, an admin exports, TRL trains on the file.
+"""End to end in headless Chromium: an annotator ranks by keyboard, an admin exports, TRL trains on the file;
+an annotator votes in the arena and sees the models' names, an admin reads the leaderboard.
 
 Needs the Debian ``chromium`` package at /usr/bin/chromium (never ``playwright install``). Writes
-screenshots of both views to docs/.
+screenshots of the views to docs/.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from labeling_ui import arena
 from labeling_ui import store as st
 from labeling_ui.load import ServerProcess
 from tests.browser_helpers import chromium_browser
@@ -172,3 +174,71 @@ def train_dpo_one_step(pairs: Path, tmp_path: Path, monkeypatch) -> None:
     changed = [name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])]
     assert len(changed) == len(before), f"unchanged: {set(before) - set(changed)}"
     shutil.rmtree(tmp_path / "dpo", ignore_errors=True)
+
+
+ARENA_ANSWERS = {  # model -> how it reviews; the texts carry no model names
+    "base": "It was a movie. Things happened and then it ended.",
+    "sft": "A solid film with a clear story and a few slow scenes.",
+    "dpo": "A warm, funny film: sharp dialogue, a moving finale and a cast that clearly enjoyed it.",
+}
+ARENA_QUALITY = {"base": 0, "sft": 1, "dpo": 2}
+
+
+def test_vote_in_the_arena_and_read_the_leaderboard(browser, tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'label.db'}"
+    store = st.Store(db_url)
+    st.add_user(store, "boss", PASSWORD, "admin")
+    for name in ("ann", "bea", "cid", "dan"):
+        st.add_user(store, name, PASSWORD)
+    items = [
+        {
+            "id": f"film-{i}",
+            "prompt": f"Write a short review of the film {title}.",
+            "candidates": [
+                {"text": f"{title}: {text}", "model": model} for model, text in ARENA_ANSWERS.items()
+            ],
+        }
+        for i, title in enumerate(["Night Train", "Paper Moon Harbor", "The Last Orchard"])
+    ]
+    st.import_items(store, "reviews", items, guidelines="Pick the more helpful review.")
+    arena.create_battles(store, "reviews")
+    model_of_text = {c["text"]: c["model"] for item in items for c in item["candidates"]}
+    for name in ("bea", "cid", "dan"):  # other annotators prefer the better model, except for a few upsets
+        user = st.get_user(store, name)
+        for count, view in enumerate(iter(lambda u=user: arena.next_battle(store, u, "reviews"), None)):
+            better = ARENA_QUALITY[model_of_text[view.a]] > ARENA_QUALITY[model_of_text[view.b]]
+            arena.cast_vote(store, user, view.battle_id, "tie" if count % 4 == 3 else "a" if better else "b")
+
+    def words(text: str) -> str:
+        return " ".join(text.split())
+
+    with ServerProcess(db_url, log_path=tmp_path / "server.log") as server:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        log_in(page, server.url, "ann")
+        page.get_by_role("tab", name="Arena").click()
+        page.wait_for_selector("#arena-reveal :text('Which answer is better')", timeout=60_000)
+        shown = {side: words(page.inner_text(f"#arena-{side}")).split(" ", 1)[1] for side in ("a", "b")}
+        assert set(shown.values()) <= set(map(words, model_of_text))
+        arena_text = (
+            page.inner_text("#arena-a") + page.inner_text("#arena-b") + page.inner_text("#arena-reveal")
+        )
+        assert not any(model in arena_text for model in ARENA_ANSWERS)  # no names before the vote
+        page.click("#vote-b")
+        page.wait_for_selector("#arena-reveal :text('You voted')", timeout=30_000)
+        truth = {words(text): model for text, model in model_of_text.items()}
+        reveal = page.inner_text("#arena-reveal")
+        assert f"A was {truth[shown['a']]}, B was {truth[shown['b']]}" in words(reveal)
+        assert page.inner_text("#arena-a").startswith(f"A: {truth[shown['a']]}")
+        assert "1 of 9 battles" in page.inner_text("#arena-progress")
+        vote = arena.arena_votes(store, "reviews")[-1]  # the latest vote is ann's
+        assert vote[:3] == (truth[shown["a"]], truth[shown["b"]], "b")
+        page.screenshot(path=str(ROOT / "docs" / "labeling_arena.png"), full_page=True)
+
+        page.goto(f"{server.url}/logout")
+        log_in(page, server.url, "boss")
+        page.get_by_role("tab", name="Admin").click()
+        page.wait_for_selector("#leaderboard :text('Bradley-Terry')", timeout=60_000)
+        board = page.inner_text("#leaderboard")
+        assert board.index("dpo") < board.index("sft") < board.index("base")
+        page.screenshot(path=str(ROOT / "docs" / "labeling_leaderboard.png"), full_page=True)
+        page.close()

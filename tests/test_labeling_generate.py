@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from alignment.errors import AlignError
+from labeling_ui import arena
 from labeling_ui import store as st
 from labeling_ui.__main__ import main
 from labeling_ui.generate import generate_candidates, records_from_generations
@@ -39,14 +40,20 @@ def test_generate_from_two_checkpoints_into_a_project(tiny_task, tmp_path, monke
     monkeypatch.setenv("ALIGN_HOME", str(tmp_path / "home"))
     command = ["generate", "reviews", "--prompts", str(tiny_task / "data" / "prompts_eval.jsonl"),
                "--checkpoints", str(tiny_task / "base"), str(tiny_task / "init"), "--max-prompts", "3",
-               "--max-tokens", "24", "--backend", "hf", "-m", "1"]
+               "--max-tokens", "24", "--backend", "hf", "-m", "1", "--arena"]
     assert main(command) == 0
-    assert "added 3 generated items" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "added 3 generated items" in out and "added 3 arena battles" in out  # one base-vs-init battle per prompt
     assert main(command) == 0  # the same prompts again: nothing is added twice
-    assert "added 0 generated items, skipped 3" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "added 0 generated items, skipped 3" in out and "added 0 arena battles" in out
 
     store = st.Store()
     st.add_user(store, "ann", "password123", "annotator")
     task = st.claim_next(store, st.get_user(store, "ann"), "reviews")
     assert len(task.candidates) == 2 and all(c["text"] for c in task.candidates)
     assert not any("base" in str(c) or "init" in str(c) for c in task.candidates)  # no model names shown
+    battle = arena.next_battle(store, st.get_user(store, "ann"), "reviews")
+    assert "base" not in battle.model_dump_json() and "init" not in battle.model_dump_json()
+    shown = arena.cast_vote(store, st.get_user(store, "ann"), battle.battle_id, "tie")
+    assert {shown.model_a, shown.model_b} == {"base", "init"}  # the checkpoints' directory names

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
-import uuid
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import func, select
 
 from alignment.errors import AlignError
 from labeling_ui import store as st
-from labeling_ui.load import free_port
 
 
 def make_items(count: int, k: int = 3) -> list[dict]:
@@ -29,66 +21,6 @@ def make_items(count: int, k: int = 3) -> list[dict]:
         }
         for i in range(count)
     ]
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A throwaway PostgreSQL server on loopback, if the binaries and the psycopg driver are here."""
-    initdb = shutil.which("initdb") or "/usr/lib/postgresql/15/bin/initdb"
-    if not os.path.exists(initdb) or importlib.util.find_spec("psycopg") is None:
-        pytest.skip(
-            "PostgreSQL tests need initdb/pg_ctl (apt: postgresql) and psycopg (pip: psycopg[binary])"
-        )
-    root = Path(tempfile.mkdtemp(prefix="align-pg-"))  # pytest's tmp dirs are private to root
-    data = root / "data"
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_postgres:
-        shutil.chown(root, "postgres")
-    port = free_port()
-    subprocess.run(
-        [*as_postgres, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"],
-        check=True,
-        capture_output=True,
-    )
-    pg_ctl = str(Path(initdb).with_name("pg_ctl"))
-    subprocess.run(
-        [
-            *as_postgres,
-            pg_ctl,
-            "-D",
-            str(data),
-            "-w",
-            "-l",
-            str(data.parent / "log"),
-            "start",
-            "-o",
-            f"-p {port} -c listen_addresses=127.0.0.1 -k {data.parent} -c fsync=off",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    yield f"postgresql://postgres@127.0.0.1:{port}"
-    subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-    shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request, tmp_path):
-    if request.param == "sqlite":
-        store = st.Store(f"sqlite:///{tmp_path / 'label.db'}")
-    else:
-        server = request.getfixturevalue("postgres")
-        name = f"t{uuid.uuid4().hex[:12]}"
-        admin = create_engine(
-            server.replace("postgresql://", "postgresql+psycopg://") + "/postgres",
-            isolation_level="AUTOCOMMIT",
-        )
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f"CREATE DATABASE {name}")
-        admin.dispose()
-        store = st.Store(f"{server}/{name}")
-    yield store
-    store.close()
 
 
 def users(db, count: int) -> list[st.User]:
