@@ -102,13 +102,19 @@ def sft_config(micro_model: Path, output_dir: Path, **overrides):
         "strategy": {"zero_stage": 2, "grad_clip": 1.0, "param_persistence_threshold": 0},
         "tracking": {"progress": False},
     }
+    with_overrides(tree, overrides)
+    return SFTConfig.model_validate(tree)
+
+
+def with_overrides(tree: dict, overrides: dict) -> dict:
+    """Set ``a__b__c=value`` keyword overrides in a nested config tree (in place); returns the tree."""
     for key, value in overrides.items():
         node = tree
         *parents, leaf = key.split("__")
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return SFTConfig.model_validate(tree)
+    return tree
 
 
 def read_metrics(output_dir: Path) -> list[dict]:

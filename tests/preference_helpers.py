@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.conftest import with_overrides
+
 
 def micro_pairs(micro_model: Path, count: int = 48) -> Path:
     """Pairs from the micro model's SFT rows: chosen is the row's review, rejected the same words reversed."""
@@ -31,13 +33,7 @@ def preference_tree(micro_model: Path, output_dir: Path, **overrides) -> dict:
         "strategy": {"zero_stage": 2, "param_persistence_threshold": 0},
         "tracking": {"progress": False, "tensorboard": False},
     }
-    for key, value in overrides.items():
-        node = tree
-        *parents, leaf = key.split("__")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
+    return with_overrides(tree, overrides)
 
 
 def rewind_to(output_dir: Path, step: int) -> None:

@@ -24,7 +24,7 @@ from alignment.config import load_config
 from alignment.errors import AlignError
 from alignment.ppo.config import AlgorithmConfig, KLConfig, PPOConfig
 from alignment.ppo.experience import compute_experience, pad
-from tests.conftest import ALIGN, REPO, read_metrics, subprocess_env, write_jsonl
+from tests.conftest import ALIGN, REPO, read_metrics, subprocess_env, with_overrides, write_jsonl
 from tests.test_checkpoint import kill_tree
 
 # ---- log-probabilities of response tokens ------------------------------------------------------
@@ -130,13 +130,7 @@ def ppo_tree(micro_model: Path, output_dir: Path, **overrides) -> dict:
         "strategy": {"zero_stage": 2, "timeout_minutes": 3},
         "tracking": {"progress": False, "tensorboard": False},
     }
-    for key, value in overrides.items():
-        node = tree
-        *parents, leaf = key.split("__")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
+    return with_overrides(tree, overrides)
 
 
 @pytest.mark.parametrize(("override", "message"), [

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
-
 from pydantic import Field
 
 from alignment.config import ClusterConfig, Section
-from alignment.jobs import add_config_arguments
+from alignment.jobs import config_job
 from rollout.config import RolloutConfig, SamplingConfig
 
 
@@ -27,23 +25,11 @@ class GenerateConfig(Section):
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("generate", help="Batch generation from checkpoints over a prompt file to JSONL",
-                                   description="Generate completions with vLLM (or transformers) engines in Ray actors.")
-    add_config_arguments(parser, resumable=False)
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from alignment.config import dump_config, load_config
-
-    config = load_config(GenerateConfig, args.config, args.overrides)
-    if args.print_config:
-        print(dump_config(config), end="")
-        return 0
-    generate_to_file(config)
-    return 0
-
-
+    config_job(
+        subparsers, "generate", help="Batch generation from checkpoints over a prompt file to JSONL",
+        description="Generate completions with vLLM (or transformers) engines in Ray actors.",
+        schema="alignment.jobs.generate:GenerateConfig", runner="alignment.jobs.generate:generate_to_file", resumable=False,
+    )
 def read_prompts(config: GenerateConfig) -> list:
     import json
     from pathlib import Path

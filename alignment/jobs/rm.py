@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
-
-from alignment.jobs import add_config_arguments
+from alignment.jobs import config_job
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("rm", help="Train a Bradley-Terry reward model on preference pairs or rankings",
-                                   description="Reward model: causal-LM backbone plus a scalar head, Bradley-Terry loss.")
-    add_config_arguments(parser)
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from alignment.config import RMConfig, dump_config, load_config
-
-    config = load_config(RMConfig, args.config, args.overrides)
-    if args.print_config:
-        print(dump_config(config), end="")
-        return 0
-    from reward.train import run_rm
-
-    run_rm(config, resume=args.resume)
-    return 0
+    config_job(
+        subparsers, "rm", help="Train a Bradley-Terry reward model on preference pairs or rankings",
+        description="Reward model: causal-LM backbone plus a scalar head, Bradley-Terry loss.",
+        schema="alignment.config:RMConfig", runner="reward.train:run_rm",
+    )
