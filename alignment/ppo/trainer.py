@@ -167,6 +167,7 @@ class PPOJob:
         self.kl = (AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon) if cfg.kl.target
                    else FixedKLController(cfg.kl.coef))
         self.samples_log = self.output_dir / "samples.log"
+        self.pending_samples: list[dict] = []  # this step's responses for samples.log
 
     def _start(self) -> None:
         from alignment.cluster.runtime import start_ray
@@ -204,7 +205,7 @@ class PPOJob:
         return rollouts
 
     def scores(self, prompts: list, texts: list[str], samples: list[dict]) -> tuple[torch.Tensor, dict[str, list[float]]]:
-        """The training score of each response (reward model + functions, penalised, clipped) and its parts."""
+        """The summed score of each response (reward model + reward functions) and each part."""
         cfg = self.config.reward
         parts: dict[str, list[float]] = {}
         if cfg.model:
@@ -295,8 +296,7 @@ class PPOJob:
         if self.gold is not None:
             metrics["eval/gold"] = sum(gold := self.gold(prompts, texts)) / len(gold)
         samples = [{"prompt": p, "text": t} for p, t in zip(prompts, texts)]
-        scores, parts = self.scores(prompts, texts, samples)
-        metrics["eval/score"] = float(scores.mean())
+        metrics["eval/score"] = float(self.scores(prompts, texts, samples)[0].mean())
         return metrics
 
     def save(self, step: int, metrics: dict) -> Path:
@@ -306,20 +306,17 @@ class PPOJob:
 
     def _log_samples(self, rollouts: list[Rollout], scores: torch.Tensor, parts: dict[str, list[float]]) -> None:
         count = self.config.train.samples_to_log
-        if not count:
-            return
-        self._pending_samples = [
+        self.pending_samples = [
             {"prompt": r.prompt, "response": r.text, "score": round(float(scores[i]), 4),
              **{name: round(v[i], 4) for name, v in parts.items()}, "finished": r.finished}
             for i, r in enumerate(rollouts[:count])
         ]
 
     def write_samples(self, step: int) -> None:
-        pending = getattr(self, "_pending_samples", None)
-        if not pending:
+        if not self.pending_samples:
             return
         with self.samples_log.open("a", encoding="utf-8") as sink:
-            for sample in pending:
+            for sample in self.pending_samples:
                 prompt = sample["prompt"] if isinstance(sample["prompt"], str) else sample["prompt"][-1]["content"]
                 details = json.dumps({k: v for k, v in sample.items() if k not in ("prompt", "response")})
                 sink.write(f"--- step {step} {details}\n> {prompt}\n{sample['response']}\n")

@@ -12,7 +12,6 @@ training the per-response-token lists ``old_logprobs``, ``advantages``, ``old_va
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -250,11 +249,3 @@ class PPOWorker(DistributedWorker):
         if self.rank == 0:
             save_hf_model(state, self.config.model, self.tokenizer, Path(directory))
         self.models["actor"].barrier()
-
-    def hosted(self) -> list[str]:
-        return list(self.models)
-
-    def info(self) -> dict[str, Any]:
-        import os
-
-        return {"pid": os.getpid(), "roles": list(self.models)}
