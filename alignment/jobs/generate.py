@@ -71,10 +71,18 @@ def generate_to_file(config: GenerateConfig) -> dict[str, float]:
     output.parent.mkdir(parents=True, exist_ok=True)
     start_ray(config.cluster)
     speeds = {}
-    with output.open("w") as sink:
-        for checkpoint in config.checkpoints:
-            engines = RolloutEngines(checkpoint, config.rollout)
-            try:
+    engines = None
+    try:
+        with output.open("w") as sink:
+            for checkpoint in config.checkpoints:
+                if engines is not None and engines.can_load(checkpoint):
+                    previous, seconds = engines.model, engines.load_checkpoint(checkpoint)
+                    log.info("generate: %s: same model files as %s; weights swapped into the running engine(s) "
+                             "in %.1f s", checkpoint, previous, seconds)
+                else:
+                    if engines is not None:
+                        engines.shutdown()
+                    engines = RolloutEngines(checkpoint, config.rollout)
                 tokens, started = 0, time.perf_counter()
                 bar = tqdm(total=len(prompts), desc=Path(checkpoint).name, unit="prompt", disable=not config.progress)
                 for offset in range(0, len(prompts), config.batch_size):
@@ -90,10 +98,11 @@ def generate_to_file(config: GenerateConfig) -> dict[str, float]:
                     bar.update(len(batch))
                     bar.set_postfix(tokens_per_s=f"{tokens / (time.perf_counter() - started):.0f}")
                 bar.close()
-            finally:
-                engines.shutdown()
-            speeds[checkpoint] = tokens / (time.perf_counter() - started)
-            log.info("generate: %s: %d prompts, %d new tokens, %.0f tokens/s (%s backend)",
-                     checkpoint, len(prompts), tokens, speeds[checkpoint], config.rollout.backend)
+                speeds[checkpoint] = tokens / (time.perf_counter() - started)
+                log.info("generate: %s: %d prompts, %d new tokens, %.0f tokens/s (%s backend)",
+                         checkpoint, len(prompts), tokens, speeds[checkpoint], config.rollout.backend)
+    finally:
+        if engines is not None:
+            engines.shutdown()
     log.info("generate: wrote %s", output)
     return speeds

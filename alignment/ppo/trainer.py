@@ -177,7 +177,7 @@ class PPOJob:
         cfg, algo = self.config, self.config.algorithm
         with self.timer.phase("startup"):
             start_ray(cfg.cluster, extra_cpus=cfg.rollout.num_engines * cfg.rollout.cpus_per_engine)
-            self.engines = RolloutEngines(cfg.model, cfg.rollout, tokenizer=cfg.tokenizer)
+            self.engines = RolloutEngines(cfg.model, cfg.rollout, tokenizer=cfg.tokenizer, wait=False)
             room, limit = cfg.sampling.max_tokens, cfg.rollout.max_model_len
             self.prompts, self.prompt_ids = load_prompts(cfg.data.train, cfg.data.prompt_field, self.engines.tokenizer, room, limit)
             self.eval_prompts, self.eval_ids = [], []
@@ -186,7 +186,8 @@ class PPOJob:
                 self.eval_prompts, self.eval_ids = prompts[: cfg.data.max_eval_prompts], ids[: cfg.data.max_eval_prompts]
             self.sampler = StepSampler(len(self.prompts), algo.prompts_per_step, cfg.train.seed, cfg.data.shuffle)
             updates_per_step = algo.ppo_epochs * self.batch_size // algo.mini_batch_size
-            self.models = PPOModels(cfg, cfg.train.max_steps * updates_per_step)
+            self.models = PPOModels(cfg, cfg.train.max_steps * updates_per_step)  # while the engines start
+            self.engines.wait_ready()
 
     # ---- the four phases ---------------------------------------------------------------------
 
