@@ -33,9 +33,9 @@ class DemoConfig(Section):
     candidates: int = Field(4, ge=2, le=8, description="Candidates sampled from the base model per prompt.")
     annotators: int = Field(3, ge=1, description="Simulated annotators (each ranks its share of the items).")
     annotator_noise: float = Field(0.3, ge=0, description="Std of the Gaussian noise each annotator adds to the judge's score.")
-    rm_steps: int = Field(80, ge=1, description="Reward-model optimizer steps.")
-    dpo_steps: int = Field(60, ge=1, description="DPO optimizer steps.")
-    ppo_steps: int = Field(30, ge=1, description="PPO steps (64 samples each).")
+    rm_steps: int = Field(60, ge=1, description="Reward-model optimizer steps.")
+    dpo_steps: int = Field(45, ge=1, description="DPO optimizer steps.")
+    ppo_steps: int = Field(20, ge=1, description="PPO steps (64 samples each).")
     compare_prompts: int = Field(64, ge=4, description="Held-out prompts in the final comparison.")
     seed: int = Field(0, description="Seed of sampling and of the simulated annotators.")
 

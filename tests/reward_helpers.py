@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 
-def nan_reward(responses: list[str]) -> list[float]:
-    return [float("nan")] * len(responses)
+
+def nan_once_flagged(responses: list[str]) -> list[float]:
+    """0 for every response until the file named by $NAN_REWARD_FLAG exists, NaN from then on."""
+    flagged = os.path.exists(os.environ["NAN_REWARD_FLAG"])
+    return [float("nan") if flagged else 0.0] * len(responses)
 
 
 def prompt_length_reward(responses: list[str], prompts: list) -> list[float]:

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import ALIGN, REPO, read_metrics, subprocess_env
 
-STEPS = 20
+STEPS = 12
 
 
 @pytest.mark.slow
