@@ -20,7 +20,7 @@ WARMUP = 3
 
 
 def run_ours(tiny: Path, steps: int, micro: int, batch: int, max_length: int, out: Path,
-             precompute: bool = False) -> list[float]:
+             precompute: bool = False, zero_stage: int = 2) -> list[float]:
     from alignment.config import DPOConfig, load_config
     from alignment.dpo import run_dpo
 
@@ -30,7 +30,7 @@ def run_ours(tiny: Path, steps: int, micro: int, batch: int, max_length: int, ou
         f"data.eval={tiny / 'prefs' / 'pairs_eval.jsonl'}", f"data.max_length={max_length}",
         f"train.micro_batch_size={micro}", f"train.global_batch_size={batch}", f"train.max_steps={total}",
         f"train.eval_every={total}", f"train.save_every={total}", "tracking.progress=false", "tracking.tensorboard=false",
-        f"dpo.precompute_ref_logps={str(precompute).lower()}"])
+        f"dpo.precompute_ref_logps={str(precompute).lower()}", f"strategy.zero_stage={zero_stage}"])
     run_dpo(config)
     rows = [json.loads(line) for line in (out / "ours" / "metrics.jsonl").read_text().splitlines()]
     return [row["time/step_s"] for row in rows[WARMUP:-1]]  # the last step also evaluates and checkpoints
@@ -130,7 +130,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
         results = {"bare PyTorch": run_bare(tiny, *shape), "TRL DPOTrainer": run_trl(tiny, *shape, out),
-                   "ours (Ray+DeepSpeed, 2 actors)": run_ours(tiny, *shape, out)}
+                   "ours (Ray+DeepSpeed, 2 actors)": run_ours(tiny, *shape, out),
+                   "ours, ZeRO-1": run_ours(tiny, *shape, out / "zero1", zero_stage=1)}
         if args.precompute:
             results["TRL DPOTrainer, precomputed ref"] = run_trl(tiny, *shape, out / "pre", precompute=True)
             results["ours, precomputed ref"] = run_ours(tiny, *shape, out / "pre", precompute=True)
@@ -142,6 +143,8 @@ def main() -> None:
         print(f"{name:34s} {statistics.median(times):8.3f} {rates[name]:9.1f}")
     ours = rates["ours (Ray+DeepSpeed, 2 actors)"]
     print(f"ours / TRL = {ours / rates['TRL DPOTrainer']:.2f}x; ours / bare = {ours / rates['bare PyTorch']:.2f}x")
+    zero1 = rates["ours, ZeRO-1"]
+    print(f"ours with ZeRO-1 / TRL = {zero1 / rates['TRL DPOTrainer']:.2f}x; / bare = {zero1 / rates['bare PyTorch']:.2f}x")
     if args.precompute:
         pre = rates["ours, precomputed ref"]
         print(f"precomputed: ours / TRL = {pre / rates['TRL DPOTrainer, precomputed ref']:.2f}x; "

@@ -28,6 +28,29 @@ def final_weights(directory) -> dict[str, torch.Tensor]:
     return load_file(directory / "model.safetensors")
 
 
+def test_sequence_logps_equal_a_float64_per_sequence_recomputation(micro_model):
+    """Response-token log-prob sums with prompts of different lengths and right padding (logits only
+    from the first response position on) = full-logit float64 sums, one sequence at a time."""
+    from alignment.data import IGNORE_INDEX, TokenizedExample, pad_batch
+    from alignment.dpo import sequence_logps
+    from alignment.models import load_causal_lm
+
+    model = load_causal_lm(micro_model / "model").eval()
+    generator = torch.Generator().manual_seed(1)
+    examples = []
+    for prompt_len, response_len in [(6, 5), (3, 9), (11, 2), (4, 1)]:
+        ids = torch.randint(3, 300, (prompt_len + response_len,), generator=generator).tolist()
+        examples.append(TokenizedExample(ids, [IGNORE_INDEX] * prompt_len + ids[prompt_len:]))
+    with torch.no_grad():
+        logps, counts = sequence_logps(model, pad_batch(examples, pad_id=0))
+        model64 = model.double()
+        for row, example in enumerate(examples):
+            log_probs = torch.log_softmax(model64(input_ids=torch.tensor([example.input_ids])).logits[0], -1)
+            expected = sum(log_probs[t - 1, token].item() for t, token in enumerate(example.labels) if token != IGNORE_INDEX)
+            assert logps[row].item() == pytest.approx(expected, abs=1e-4)
+            assert counts[row].item() == sum(token != IGNORE_INDEX for token in example.labels)
+
+
 @pytest.fixture(scope="module")
 def on_the_fly(micro_model, ray_runtime, tmp_path_factory):
     output = tmp_path_factory.mktemp("dpo") / "run"
@@ -61,8 +84,10 @@ def test_precomputed_reference_under_zero3_gives_the_same_run(on_the_fly, micro_
     expected = [row["train/loss"] for row in read_metrics(output)]
     assert [row["train/loss"] for row in read_metrics(tmp_path / "pre")] == pytest.approx(expected, rel=1e-5, abs=1e-6)
     reference = final_weights(expected_final)
+    # Different batch shapes round differently (~1e-7 in log-probs); Adam turns that into at most a few
+    # 1e-5 on weights whose gradient is near 0 (lr 3e-3): 1e-4 is 3% of one step.
     for name, value in final_weights(final).items():
-        torch.testing.assert_close(value, reference[name], rtol=0, atol=5e-5, msg=name)
+        torch.testing.assert_close(value, reference[name], rtol=0, atol=1e-4, msg=name)
 
 
 @pytest.mark.slow
