@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -187,26 +188,35 @@ class DeepSpeedStrategy:
         if state["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
 
-    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """The whole model's weights on rank 0 (None elsewhere), gathered one tensor at a time under ZeRO-3.
+    def full_weight_layout(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        """Name, whole shape and dtype of every tensor :meth:`full_weights` yields, in its order (no gathering)."""
+        module = self.engine.module
+        layout = [(name, tuple(getattr(param, "ds_shape", param.shape)), param.dtype)
+                  for name, param in module.named_parameters()]
+        return layout + [(name, tuple(buffer.shape), buffer.dtype) for name, buffer in self._persistent_buffers()]
 
-        Every rank must call this: under ZeRO-3 the gathering is collective.
-        """
+    def full_weights(self) -> Iterator[tuple[str, torch.Tensor | None]]:
+        """Every parameter and persistent buffer, whole, one at a time; the tensor is rank 0's only
+        (None elsewhere) and valid until the next item. Collective under ZeRO-3: every rank must iterate."""
         import deepspeed
 
-        module = self.engine.module
-        state: dict[str, torch.Tensor] = {}
-        for name, param in module.named_parameters():
+        for name, param in self.engine.module.named_parameters():
             if hasattr(param, "ds_id"):
                 with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                    if self.rank == 0:
-                        state[name] = param.data.detach().to("cpu", copy=True)
-            elif self.rank == 0:
-                state[name] = param.data.detach().to("cpu", copy=True)
-        if self.rank == 0:
-            for prefix, submodule in module.named_modules():
-                for name, buffer in submodule.named_buffers(recurse=False):
-                    if name not in submodule._non_persistent_buffers_set:
-                        state[f"{prefix}.{name}" if prefix else name] = buffer.detach().to("cpu", copy=True)
-            return state
-        return None
+                    yield name, param.data if self.rank == 0 else None
+            else:
+                yield name, param.data if self.rank == 0 else None
+        for name, buffer in self._persistent_buffers():
+            yield name, buffer if self.rank == 0 else None
+
+    def _persistent_buffers(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for prefix, submodule in self.engine.module.named_modules():
+            for name, buffer in submodule.named_buffers(recurse=False):
+                if name not in submodule._non_persistent_buffers_set:
+                    yield (f"{prefix}.{name}" if prefix else name), buffer
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The whole model's weights, copied to CPU on rank 0 (None elsewhere). Every rank must call
+        this: under ZeRO-3 the gathering is collective."""
+        state = {name: tensor.detach().to("cpu", copy=True) for name, tensor in self.full_weights() if tensor is not None}
+        return state if self.rank == 0 else None

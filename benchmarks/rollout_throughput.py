@@ -5,7 +5,9 @@ cores, alive at the same time and called alternately (A/B, repeated; medians rep
 the same machine. Workload: 64 chat prompts from the tiny task, n=4 samples each, temperature 1,
 stopping at EOS (or max_tokens). Models: the tiny task's trained base model (answers end at EOS,
 lengths vary) and a randomly initialised ~50M-parameter Llama with the tiny tokenizer (it rarely
-emits EOS, so its samples mostly run to max_tokens). Also times ``update_weights`` per model size.
+emits EOS, so its samples mostly run to max_tokens). Also times weight sync per model size, both
+ways: ``update_weights`` of a state dict through Ray's object store, and a broadcast from a sender
+actor standing in for trainer rank 0 (gloo here).
 
     flock /tmp/align-heavy.lock python benchmarks/rollout_throughput.py      # ~4-5 min on 2 cores
 """
@@ -26,6 +28,51 @@ from alignment.config import ClusterConfig
 from alignment.runtime_env import configure_environment
 from rollout.config import RolloutConfig
 from rollout.engine import RolloutEngines
+from rollout.weight_broadcast import BroadcastSender
+
+
+class StateDictSource:
+    """What a trainer's strategy offers the broadcast, over a plain state dict."""
+
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        self.state = state
+
+    def full_weight_layout(self) -> list:
+        return [(name, tuple(t.shape), t.dtype) for name, t in self.state.items()]
+
+    def full_weights(self):
+        return iter(self.state.items())
+
+
+class StateSender(BroadcastSender):
+    """A Ray actor standing in for trainer rank 0: holds a checkpoint's weights and broadcasts them."""
+
+    def __init__(self, checkpoint: str) -> None:
+        from safetensors.torch import load_file
+
+        self.source = StateDictSource(load_file(checkpoint))
+
+    def broadcast_source(self) -> StateDictSource:
+        return self.source
+
+    def address(self) -> tuple[str, int]:
+        from alignment.cluster.group import free_address
+
+        return free_address()
+
+
+def time_broadcast(engines: RolloutEngines, checkpoint: str, repeats: int) -> tuple[float, float]:
+    """Median seconds of a broadcast sync from a sender actor to ``engines``, and the engine's load share."""
+    import ray
+
+    sender = ray.remote(num_cpus=0)(StateSender).remote(checkpoint)
+    try:
+        host, port = ray.get(sender.address.remote())
+        engines.join_weight_broadcast(host, port, "gloo", [sender.join_weight_broadcast.remote(host, port, 2, "gloo", 120)])
+        times = [engines.receive_weight_broadcast([sender.broadcast_weights.remote()]) for _ in range(repeats)]
+    finally:
+        ray.kill(sender)
+    return statistics.median(times), engines.last_sync["load_s"]
 
 
 def build_random_llama(tiny: Path, target: Path, hidden: int, layers: int, intermediate: int) -> int:
@@ -72,6 +119,8 @@ def measure(model: str, prompts: list, sampling: dict, repeats: int, sync_repeat
         for name, backend in engines.items():
             times = [backend.update_weights(state) for _ in range(sync_repeats)]
             syncs[name] = {"median_s": statistics.median(times), "load_s": backend.last_sync["load_s"]}
+            broadcast_s, broadcast_load_s = time_broadcast(backend, str(Path(model) / "model.safetensors"), sync_repeats)
+            syncs[name].update(broadcast_s=broadcast_s, broadcast_load_s=broadcast_load_s)
         params = sum(t.numel() for t in state.values())
     finally:
         for backend in engines.values():
@@ -120,12 +169,14 @@ def main() -> None:
         print(label, json.dumps(results[label]), flush=True)
     print(f"\n{args.prompts} prompts x n={args.n}, temperature 1, max_tokens {args.max_tokens}, stop at EOS; "
           f"medians of {args.repeats} alternating runs\n")
-    print("| model | params | vLLM tok/s | HF generate tok/s | vLLM / HF | samples ending at EOS | new tokens | sync vLLM (s) | sync HF (s) |")
+    print("| model | params | vLLM tok/s | HF generate tok/s | vLLM / HF | samples ending at EOS | new tokens "
+          "| sync vLLM (s): object store / broadcast | sync HF (s): object store / broadcast |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, r in results.items():
         print(f"| {label} | {r['params'] / 1e6:.1f}M | {r['vllm']['tokens_per_s']:.0f} | {r['hf']['tokens_per_s']:.0f} | "
               f"{r['vllm']['tokens_per_s'] / r['hf']['tokens_per_s']:.2f} | {r['vllm']['eos_share']:.0%} | "
-              f"{r['vllm']['new_tokens']} | {r['sync']['vllm']['median_s']:.3f} | {r['sync']['hf']['median_s']:.3f} |")
+              f"{r['vllm']['new_tokens']} | {r['sync']['vllm']['median_s']:.3f} / {r['sync']['vllm']['broadcast_s']:.3f} | "
+              f"{r['sync']['hf']['median_s']:.3f} / {r['sync']['hf']['broadcast_s']:.3f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -190,7 +190,7 @@ class RolloutEngines:
             if len(chunk):
                 refs.append(engine.generate.remote([token_ids[i] for i in chunk], sampling.model_dump()))
                 names.append(name)
-        results = self._get(refs, self.config.call_timeout_s, "generate", names)
+        results = self._get(refs, self.config.call_timeout_s, "generate", self._labels(names))
         generations = []
         offsets = [c.start for c in chunks if len(c)]
         for offset, per_prompt in zip(offsets, results):
@@ -247,25 +247,57 @@ class RolloutEngines:
         self.model = checkpoint
         return time.perf_counter() - started
 
-    def _get(self, refs: list, timeout_s: float, what: str, names: list[str] | None = None) -> list[Any]:
-        """Results of one call per engine, each waited on with the remaining time; errors name the engine."""
+    def _labels(self, names: list[str]) -> list[str]:
+        return [f"rollout engine {name!r}" for name in names]
+
+    def _get(self, refs: list, timeout_s: float, what: str, labels: list[str] | None = None) -> list[Any]:
+        """Results of one call per engine (``labels`` name the callee in errors, every engine by
+        default), waited on as they arrive, so the first failure is reported at once."""
         import ray
 
-        names = names or self.names
+        label_of = dict(zip(refs, labels or self._labels(self.names)))
         deadline = time.monotonic() + timeout_s
-        results = []
-        for name, ref in zip(names, refs):
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise AlignError(f"{label_of[pending[0]]} did not answer {what} within {timeout_s:.0f} s") from None
+            label = label_of[ready[0]]
             try:
-                results.append(ray.get(ref, timeout=max(0.0, deadline - time.monotonic())))
+                ray.get(ready[0])
             except ray.exceptions.RayTaskError as error:
                 if isinstance(error.cause, AlignError):
-                    raise AlignError(f"rollout engine {name!r}: {error.cause}") from None
-                raise AlignError(f"rollout engine {name!r} failed in {what}: {error.cause!r}") from error
+                    raise AlignError(f"{label}: {error.cause}") from None
+                raise AlignError(f"{label} failed in {what}: {error.cause!r}") from error
             except ray.exceptions.RayActorError as error:
-                raise AlignError(f"rollout engine {name!r} died during {what}: {error}") from error
-            except ray.exceptions.GetTimeoutError:
-                raise AlignError(f"rollout engine {name!r} did not answer {what} within {timeout_s:.0f} s") from None
-        return results
+                raise AlignError(f"{label} died during {what}: {error}") from error
+        return ray.get(refs)
+
+    # ---- weight sync by broadcast from trainer rank 0 (see rollout.weight_broadcast) ----------
+
+    def join_weight_broadcast(self, host: str, port: int, backend: str, sender: list, sender_name: str = "trainer") -> None:
+        """Every engine joins the broadcast group that the trainer's rank 0 hosts at ``host:port`` for
+        ``num_engines + 1`` ranks; ``sender`` is that rank's join call, in flight: both sides are waited on."""
+        self.wait_ready()
+        world = len(self.engines) + 1
+        refs = [engine.join_weight_broadcast.remote(host, port, index + 1, world, backend, self.config.call_timeout_s)
+                for index, engine in enumerate(self.engines)]
+        self._get(list(sender) + refs, self.config.start_timeout_s, "joining the weight broadcast",
+                  [sender_name] * len(sender) + self._labels(self.names))
+        self.broadcast_backend = backend
+
+    def receive_weight_broadcast(self, sender: list, sender_name: str = "trainer", reset_prefix_cache: bool = True) -> float:
+        """Every engine receives and loads the weights the trainer broadcasts (its calls ``sender`` are
+        in flight); waits on both sides, so a failure on either is reported at once. Returns seconds."""
+        started = time.perf_counter()
+        refs = [engine.receive_weights.remote(reset_prefix_cache) for engine in self.engines]
+        results = self._get(list(sender) + refs, self.config.call_timeout_s, "the weight broadcast",
+                            [sender_name] * len(sender) + self._labels(self.names))
+        seconds = time.perf_counter() - started
+        self.last_sync = {"seconds": seconds, "load_s": max(results[len(sender):])}
+        log.info("rollout: weight broadcast to %d engine(s) in %.3f s (load %.3f)", len(self.engines), seconds,
+                 self.last_sync["load_s"])
+        return seconds
 
     def shutdown(self) -> None:
         import ray

@@ -12,9 +12,10 @@ import time
 from typing import Any
 
 from rollout.config import RolloutConfig, SamplingConfig
+from rollout.weight_broadcast import BroadcastReceiver
 
 
-class HFEngine:
+class HFEngine(BroadcastReceiver):
     """One transformers causal LM answering token-id prompts (one left-padded batch per call)."""
 
     def __init__(self, model: str, tokenizer: str, config: dict[str, Any], engine_index: int) -> None:

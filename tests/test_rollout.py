@@ -221,17 +221,22 @@ def test_hf_backend_same_interface(vllm_engines, tiny_task, ray_runtime):
 
 def gathering_worker():
     from alignment.sft import SFTWorker
+    from rollout.weight_broadcast import BroadcastSender
 
-    class GatheringSFTWorker(SFTWorker):
+    class GatheringSFTWorker(BroadcastSender, SFTWorker):
         def gathered(self):
             return self.strategy.full_state_dict()
+
+        def broadcast_source(self):
+            return self.strategy
 
     return GatheringSFTWorker
 
 
 @pytest.mark.slow
-def test_sync_from_zero3_trainer(vllm_engines, tiny_task, weights, tmp_path):
-    """Train two steps under ZeRO-3 (fully sharded), gather on rank 0, push: the engine answers like the new weights."""
+def test_broadcast_sync_from_zero3_trainer(vllm_engines, tiny_task, weights, tmp_path):
+    """Train two steps under ZeRO-3 (fully sharded); rank 0 broadcasts each tensor as the group gathers it
+    (gloo here, NCCL on CUDA): both engines then answer like the trained weights, twice in a row."""
     from alignment.cluster.group import ActorGroup
     from alignment.config import SFTConfig
 
@@ -240,32 +245,37 @@ def test_sync_from_zero3_trainer(vllm_engines, tiny_task, weights, tmp_path):
     config = SFTConfig.model_validate({
         "model": str(tiny_task / "base"), "output_dir": str(tmp_path / "out"),
         "data": {"train": str(tmp_path / "sft.jsonl"), "eval_fraction": 0.1, "max_length": 128},
-        "train": {"micro_batch_size": 4, "global_batch_size": 8, "max_steps": 2},
+        "train": {"micro_batch_size": 4, "global_batch_size": 8, "max_steps": 4},
         "optim": {"lr": 1e-2, "scheduler": "constant"},
         "strategy": {"zero_stage": 3, "param_persistence_threshold": 0, "timeout_minutes": 2},
         "cluster": {"num_workers": 2, "cpus_per_worker": 0.5},
     })
+    prompt_ids = encode_prompts(vllm_engines.tokenizer, eval_prompts(tiny_task, 16), 256)
+    eos = vllm_engines.tokenizer.eos_token_id
+    answers = [hf_greedy(load_hf(tiny_task / "base"), prompt_ids, eos)]
     group = ActorGroup(gathering_worker(), config.cluster, name="zero3-trainer", timeout_minutes=2, call_timeout_s=180)
     try:
         group.call("setup", config.model_dump())
-        group.call("prepare", 2)
+        group.call("prepare", 4)
+        host, port = group.call_rank0("address")
+        sender = [group.workers[0].join_weight_broadcast.remote(host, port, 3, "gloo", 60)]
+        vllm_engines.join_weight_broadcast(host, port, "gloo", sender, "trainer rank 0")
         for _ in range(2):
-            group.call("train_step", list(range(8)))
-        state = group.call("gathered")[0]
+            for _ in range(2):
+                group.call("train_step", list(range(8)))
+            state = group.call("gathered")[0]
+            assert state["model.embed_tokens.weight"].shape == weights["base"]["model.embed_tokens.weight"].shape
+            seconds = vllm_engines.receive_weight_broadcast([w.broadcast_weights.remote() for w in group.workers])
+            assert 0 < seconds < 30 and vllm_engines.last_sync["load_s"] > 0
+            trained = load_hf(tiny_task / "base")
+            trained.load_state_dict(state, strict=False)
+            answers.append(hf_greedy(trained, prompt_ids, eos))
+            assert greedy(vllm_engines, prompt_ids) == answers[-1]  # 16/16, on both engines
     finally:
         group.shutdown()
-    assert state["model.embed_tokens.weight"].shape == weights["base"]["model.embed_tokens.weight"].shape
-    prompt_ids = encode_prompts(vllm_engines.tokenizer, eval_prompts(tiny_task, 16), 256)
-    trained = load_hf(tiny_task / "base")
-    trained.load_state_dict(state, strict=False)
-    eos = vllm_engines.tokenizer.eos_token_id
-    expected = hf_greedy(trained, prompt_ids, eos)
-    assert expected != hf_greedy(load_hf(tiny_task / "base"), prompt_ids, eos)
-    try:
-        vllm_engines.update_weights(state)
-        assert greedy(vllm_engines, prompt_ids) == expected
-    finally:
         vllm_engines.update_weights(weights["base"])
+    assert answers[0] != answers[1] != answers[2]
+    assert greedy(vllm_engines, prompt_ids) == answers[0]
 
 
 @pytest.mark.slow

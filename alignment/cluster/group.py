@@ -21,6 +21,16 @@ from alignment.config import ClusterConfig
 from alignment.errors import AlignError
 
 
+def free_address() -> tuple[str, int]:
+    """This node's IP and a free TCP port on it (for a rendezvous hosted here)."""
+    import ray
+
+    ip = ray.util.get_node_ip_address()
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return ip, sock.getsockname()[1]
+
+
 class DistributedWorker:
     """Base class of every rank: knows its rank and joins the process group on request."""
 
@@ -34,12 +44,7 @@ class DistributedWorker:
 
     def address(self) -> tuple[str, int]:
         """This node's IP and a free TCP port on it (asked of rank 0 to host the rendezvous)."""
-        import ray
-
-        ip = ray.util.get_node_ip_address()
-        with socket.socket() as sock:
-            sock.bind(("", 0))
-            return ip, sock.getsockname()[1]
+        return free_address()
 
     def init_process_group(self, master_addr: str, master_port: int, timeout_minutes: int) -> None:
         """Join the group with gloo on CPU or NCCL on CUDA, through DeepSpeed's launcher logic."""

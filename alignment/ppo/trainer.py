@@ -3,7 +3,7 @@
     rollouts   = engines.generate(prompts)                 # vLLM actors
     experience = models.forward(...), rewards, advantages  # reference, critic, reward groups
     models.train("critic"), models.train("actor")          # PPO epochs over minibatches
-    engines.update_weights(models.actor_weights())         # no restart
+    models.broadcast_actor_weights(engines)                # rank 0 -> engines, no restart
 
 Models live in Ray ActorGroups of :class:`alignment.ppo.worker.PPOWorker` (colocated as configured);
 the driver holds the data order, the KL controller, metrics and whole-job checkpoints.
@@ -15,7 +15,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,6 +33,9 @@ from alignment.ppo.experience import (
 )
 from alignment.ppo.kl import AdaptiveKLController, FixedKLController
 from alignment.tracking import PhaseTimer, Tracker
+
+if TYPE_CHECKING:
+    from rollout.engine import RolloutEngines
 
 
 class PPOModels:
@@ -84,6 +87,19 @@ class PPOModels:
 
     def actor_weights(self):
         return self.by_role["actor"].call("actor_weights")[0][0]
+
+    def open_weight_broadcast(self, engines: RolloutEngines, backend: str, timeout_s: float) -> None:
+        """Actor rank 0 hosts a broadcast group with every engine (``rollout.weight_sync: broadcast``)."""
+        group = self.by_role["actor"]
+        host, port = group.call_rank0("address")
+        world = len(engines.engines) + 1
+        sender = [group.workers[0].join_weight_broadcast.remote(host, port, world, backend, timeout_s)]
+        engines.join_weight_broadcast(host, port, backend, sender, f"trainer group {group.name!r} rank 0")
+
+    def broadcast_actor_weights(self, engines: RolloutEngines) -> None:
+        """Every actor rank gathers (collective under ZeRO-3), rank 0 broadcasts, every engine loads."""
+        group = self.by_role["actor"]
+        engines.receive_weight_broadcast([w.broadcast_weights.remote() for w in group.workers], f"trainer group {group.name!r}")
 
     def save(self, directory: Path) -> None:
         for group in self.groups:
@@ -173,6 +189,7 @@ class PPOJob:
         from alignment.cluster.runtime import start_ray
         from alignment.data import StepSampler
         from rollout.engine import RolloutEngines
+        from rollout.weight_broadcast import broadcast_backend
 
         cfg, algo = self.config, self.config.algorithm
         with self.timer.phase("startup"):
@@ -188,6 +205,9 @@ class PPOJob:
             updates_per_step = algo.ppo_epochs * self.batch_size // algo.mini_batch_size
             self.models = PPOModels(cfg, cfg.train.max_steps * updates_per_step)  # while the engines start
             self.engines.wait_ready()
+            if cfg.rollout.weight_sync == "broadcast":
+                backend = broadcast_backend(cuda=cfg.cluster.gpus_per_worker > 0)
+                self.models.open_weight_broadcast(self.engines, backend, cfg.rollout.call_timeout_s)
 
     # ---- the four phases ---------------------------------------------------------------------
 
@@ -282,7 +302,10 @@ class PPOJob:
         return metrics
 
     def sync(self) -> dict[str, float]:
-        self.engines.update_weights(self.models.actor_weights())
+        if self.config.rollout.weight_sync == "broadcast":
+            self.models.broadcast_actor_weights(self.engines)
+        else:
+            self.engines.update_weights(self.models.actor_weights())
         return {f"sync/{k}": v for k, v in self.engines.last_sync.items() if k != "seconds"}
 
     # ---- evaluation, checkpoints, samples ----------------------------------------------------

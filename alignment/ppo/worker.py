@@ -24,6 +24,7 @@ from alignment.ppo.kl import kl_estimate
 from alignment.ppo.losses import aggregate, entropy_from_logits, policy_loss, value_loss
 from alignment.strategy import DeepSpeedStrategy
 from alignment.trainer import optimizer_step
+from rollout.weight_broadcast import BroadcastSender
 
 TRAINED: tuple[Role, ...] = ("actor", "critic")
 
@@ -68,7 +69,7 @@ def response_values(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
     return values.gather(1, batch["positions"].to(values.device))
 
 
-class PPOWorker(DistributedWorker):
+class PPOWorker(BroadcastSender, DistributedWorker):
     """Actor / critic / reference / reward on one rank; see the module docstring for the sample format."""
 
     def setup(self, config: dict, roles: list[Role], total_updates: int) -> dict[str, int]:
@@ -220,6 +221,9 @@ class PPOWorker(DistributedWorker):
         return loss_sum, units, metrics
 
     # ---- weights and checkpoints -------------------------------------------------------------
+
+    def broadcast_source(self) -> DeepSpeedStrategy:
+        return self.models["actor"]
 
     def actor_weights(self) -> list | None:
         """Gather the actor's full weights (collective); rank 0 puts them in Ray's object store.
