@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError
@@ -41,6 +42,17 @@ class RolloutConfig(Section):
     enforce_eager: bool = Field(True, description="Skip torch.compile / CUDA graphs (compilation starts slower and was not faster on CPU).")
     start_timeout_s: float = Field(300.0, gt=0, description="How long an engine may take to start before the driver gives up.")
     call_timeout_s: float = Field(600.0, gt=0, description="How long one generate or weight-sync call may take before the driver gives up.")
+
+
+def prompt_seed(seed: int, prompt_index: int) -> int:
+    """The seed of one prompt of a seeded batch. Distinct per prompt: vLLM gives every request its own
+    noise stream from its seed, so one seed for all prompts would make their samples move in lockstep
+    (on the same step every request draws the same noise; identical prompts even get identical samples).
+    Hashed, not consecutive: vLLM seeds a prompt's ``n`` samples ``seed + 0 .. n-1``, so consecutive
+    prompt seeds would hand one prompt's samples the next prompt's streams. Depends on the prompt's place
+    in the whole batch, not on how prompts are split over engines."""
+    digest = hashlib.blake2b(f"{seed}:{prompt_index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % 2**31
 
 
 def sampling_config(value: SamplingConfig | dict[str, Any] | None) -> SamplingConfig:

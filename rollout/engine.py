@@ -188,7 +188,7 @@ class RolloutEngines:
         refs, names = [], []
         for engine, name, chunk in zip(self.engines, self.names, chunks):
             if len(chunk):
-                refs.append(engine.generate.remote([token_ids[i] for i in chunk], sampling.model_dump()))
+                refs.append(engine.generate.remote([token_ids[i] for i in chunk], sampling.model_dump(), chunk.start))
                 names.append(name)
         results = self._get(refs, self.config.call_timeout_s, "generate", self._labels(names))
         generations = []

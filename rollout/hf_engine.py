@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from rollout.config import RolloutConfig, SamplingConfig
+from rollout.config import RolloutConfig, SamplingConfig, prompt_seed
 from rollout.weight_broadcast import BroadcastReceiver
 
 
@@ -36,7 +36,7 @@ class HFEngine(BroadcastReceiver):
 
         return {"backend": "hf", "module": rollout.__file__, "pid": os.getpid(), "cores": f"{self.threads} threads", "cuda": self.device == "cuda"}
 
-    def generate(self, prompt_token_ids: list[list[int]], sampling: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    def generate(self, prompt_token_ids: list[list[int]], sampling: dict[str, Any], first_index: int = 0) -> list[list[dict[str, Any]]]:
         import torch
         from transformers import GenerationConfig
 
@@ -53,7 +53,8 @@ class HFEngine(BroadcastReceiver):
             output_scores=True, return_dict_in_generate=True,
         )
         self.calls += 1
-        torch.manual_seed(s.seed if s.seed is not None else self.generator_seed * 1_000_003 + self.calls)
+        # One generator for the whole left-padded batch: its rows draw independent noise.
+        torch.manual_seed(prompt_seed(s.seed, first_index) if s.seed is not None else self.generator_seed * 1_000_003 + self.calls)
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config,

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from alignment.runtime_env import has_cuda
-from rollout.config import RolloutConfig, SamplingConfig
+from rollout.config import RolloutConfig, SamplingConfig, prompt_seed
 from rollout.engine import default_core_binding
 from rollout.weight_broadcast import BroadcastReceiver
 
@@ -71,18 +71,24 @@ class VLLMEngine(BroadcastReceiver):
 
         return {"backend": "vllm", "module": rollout.__file__, "pid": os.getpid(), "cores": self.cores, "cuda": self.cuda}
 
-    def generate(self, prompt_token_ids: list[list[int]], sampling: dict[str, Any]) -> list[list[dict[str, Any]]]:
-        """For each prompt, ``n`` samples as dicts of token_ids, text, logprobs, finish_reason."""
+    def generate(self, prompt_token_ids: list[list[int]], sampling: dict[str, Any], first_index: int = 0) -> list[list[dict[str, Any]]]:
+        """For each prompt, ``n`` samples as dicts of token_ids, text, logprobs, finish_reason.
+        ``first_index``: the first prompt's place in the whole batch (its seed derives from it)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         s = SamplingConfig.model_validate(sampling)
-        params = SamplingParams(
-            n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens,
-            stop=s.stop or None, seed=s.seed, logprobs=0 if s.logprobs else None, ignore_eos=s.ignore_eos,
-        )
+
+        def params(index: int) -> SamplingParams:
+            return SamplingParams(
+                n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens,
+                stop=s.stop or None, seed=None if s.seed is None else prompt_seed(s.seed, first_index + index),
+                logprobs=0 if s.logprobs else None, ignore_eos=s.ignore_eos,
+            )
+
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_token_ids]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        sampling_params = params(0) if s.seed is None else [params(i) for i in range(len(prompts))]
+        outputs = self.llm.generate(prompts, sampling_params, use_tqdm=False)
         results = []
         for output in outputs:
             samples = []

@@ -135,6 +135,30 @@ def test_generate_interface(vllm_engines, tiny_task):
     assert all(full.text.startswith(cut.text) for full, cut in zip(generations, stopped))
 
 
+def test_prompt_seeds_never_share_a_stream():
+    """vLLM seeds a prompt's n samples seed+0..n-1: no two prompts' sample seeds may coincide."""
+    from rollout.config import prompt_seed
+
+    for seed in (0, 1, 12345):
+        streams = [prompt_seed(seed, index) + sample for index in range(512) for sample in range(8)]
+        assert len(set(streams)) == len(streams)
+    assert prompt_seed(0, 5) == prompt_seed(0, 5) != prompt_seed(1, 5)
+
+
+@pytest.mark.slow
+def test_seeded_batch_samples_independently(vllm_engines, tiny_task):
+    """One seed for a batch must not make its prompts share noise: 32 copies of one prompt (split over both
+    engines) give as many different samples as unseeded sampling does, and the same seed repeats them."""
+    prompt = eval_prompts(tiny_task, 1) * 32
+    sampling = {"n": 2, "temperature": 1.0, "max_tokens": MAX_TOKENS}
+    seeded = [tuple(g.token_ids) for g in vllm_engines.generate(prompt, {**sampling, "seed": 3})]
+    unseeded = [tuple(g.token_ids) for g in vllm_engines.generate(prompt, sampling)]
+    print(f"distinct samples of 64: seeded {len(set(seeded))}, unseeded {len(set(unseeded))}")
+    assert len(set(seeded)) >= 0.8 * len(set(unseeded))
+    assert len(set(seeded)) > 16
+    assert [tuple(g.token_ids) for g in vllm_engines.generate(prompt, {**sampling, "seed": 3})] == seeded
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_logprobs_agree_with_trainer(vllm_engines, tiny_task, temperature):
