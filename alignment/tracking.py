@@ -21,10 +21,13 @@ class Tracker:
     file always reads as one uninterrupted run.
     """
 
-    def __init__(self, output_dir: Path, config: TrackingConfig, run_config: dict | None = None, resume_step: int = 0):
+    def __init__(self, output_dir: Path, config: TrackingConfig, run_config: dict | None = None, resume_step: int = 0,
+                 resume_metrics: dict[str, Any] | None = None):
+        """On resume, rows after ``resume_step`` are dropped; ``resume_metrics`` (the checkpoint's copy of
+        that step's row) restores the row if the run died between committing the checkpoint and logging it."""
         self.path = output_dir / "metrics.jsonl"
         self.config = config
-        self._truncate_after(resume_step)
+        rows = self._truncate_after(resume_step)
         self._file = self.path.open("a", encoding="utf-8")
         self._tensorboard = None
         self._wandb = None
@@ -36,12 +39,16 @@ class Tracker:
             import wandb
 
             self._wandb = wandb.init(project=config.wandb_project, dir=str(output_dir), config=run_config or {})
+        logged = any(row.get("step") == resume_step for row in rows)
+        if resume_step and resume_metrics is not None and not logged and resume_step % config.log_every == 0:
+            self.log(resume_step, resume_metrics)
 
-    def _truncate_after(self, step: int) -> None:
+    def _truncate_after(self, step: int) -> list[dict]:
         if not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+            return []
+        kept = [row for line in self.path.read_text().splitlines() if line and (row := json.loads(line)).get("step", 0) <= step]
+        self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        return kept
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}

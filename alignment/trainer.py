@@ -193,11 +193,12 @@ def run_training(config: Any, worker_cls: type[TrainWorker], resume: bool = Fals
         sampler = StepSampler(sizes["train"], config.train.global_batch_size, config.train.seed, config.data.shuffle)
         total_steps = config.train.max_steps or sampler.steps_per_epoch * config.train.epochs
         parameters = group.call("prepare", total_steps)[0]
-    start_step = 0
+    start_step, resume_metrics = 0, None
     if resume_from is not None:
         with timer.phase("resume"):
             group.call("load", str(resume_from))
-            start_step = checkpoints.load_state(resume_from)["step"]
+            state = checkpoints.load_state(resume_from)
+            start_step, resume_metrics = state["step"], state.get("metrics")
         print(f"resumed from {resume_from} at step {start_step}")
     print(
         f"{worker_cls.__name__}: {parameters / 1e6:.2f}M parameters, {sizes['train']} train / {sizes['eval']} eval rows, "
@@ -205,7 +206,8 @@ def run_training(config: Any, worker_cls: type[TrainWorker], resume: bool = Fals
         f"ZeRO-{config.strategy.zero_stage}; startup {timer.pop()['time/startup_s']:.1f} s"
     )
 
-    tracker = Tracker(output_dir, config.tracking, config.model_dump(mode="json"), resume_step=start_step)
+    tracker = Tracker(output_dir, config.tracking, config.model_dump(mode="json"), resume_step=start_step,
+                      resume_metrics=resume_metrics)
     progress = tqdm(total=total_steps, initial=start_step, desc="train", disable=not config.tracking.progress,
                     dynamic_ncols=True)
     try:

@@ -127,6 +127,56 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL the driver and everything it started (Ray's processes included)."""
+    import contextlib
+    import signal
+
+    import psutil
+
+    parent = psutil.Process(process.pid)
+    for child in [*parent.children(recursive=True), parent]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def sigkill_after_checkpoint(job: str, config: dict, output_dir: Path, step: int, timeout_s: float = 300) -> list[str]:
+    """Run ``align JOB --config`` and SIGKILL its whole process tree once checkpoint ``step`` is committed.
+
+    The driver commits checkpoints, so it is stopped (SIGSTOP) the moment the checkpoint shows: no later
+    one can land before the kill. Returns the command, to run again with ``--resume``.
+    """
+    import signal
+    import time
+
+    import yaml
+
+    config_path = output_dir.parent / f"{output_dir.name}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    command = [*ALIGN, job, "--config", str(config_path)]
+    process = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    latest, wanted = output_dir / "checkpoints" / "latest", f"step_{step:08d}"
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and process.poll() is None:
+        if latest.exists() and latest.read_text().strip() >= wanted:
+            process.send_signal(signal.SIGSTOP)
+            break
+        time.sleep(0.002)
+    assert process.poll() is None, f"the run ended before it could be killed: {process.stderr.read().decode()[-2000:]}"
+    kill_tree(process)
+    return command
+
+
+def resume_run(command: list[str]) -> str:
+    """Run a killed job's command again with ``--resume``; returns its stdout."""
+    resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=subprocess_env(), capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return resumed.stdout
+
+
 @pytest.fixture(scope="module")
 def postgres():
     """A throwaway PostgreSQL server on loopback, if the binaries and the psycopg driver are here."""

@@ -34,16 +34,3 @@ def preference_tree(micro_model: Path, output_dir: Path, **overrides) -> dict:
         "tracking": {"progress": False, "tensorboard": False},
     }
     return with_overrides(tree, overrides)
-
-
-def rewind_to(output_dir: Path, step: int) -> None:
-    """Make the checkpoint of ``step`` the latest and drop everything after it, as if killed there."""
-    import shutil
-
-    root = output_dir / "checkpoints"
-    name = f"step_{step:08d}"
-    for path in root.glob("step_*"):
-        if path.name > name:
-            shutil.rmtree(path)
-    (root / "latest").write_text(name)
-    shutil.rmtree(output_dir / "final", ignore_errors=True)

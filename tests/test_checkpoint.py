@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import subprocess
-import time
-
-import psutil
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from alignment.checkpoint import CheckpointManager
 from alignment.sft import run_sft
-from tests.conftest import ALIGN, REPO, sft_config, subprocess_env
+from tests.conftest import resume_run, sft_config, sigkill_after_checkpoint
 
 STEPS = 24
 
@@ -33,15 +26,6 @@ def test_commit_is_atomic_and_prunes(tmp_path):
                                                             "step_00000004.tmp"]
 
 
-def kill_tree(process: subprocess.Popen) -> None:
-    """SIGKILL the driver and everything it started (Ray's processes included)."""
-    parent = psutil.Process(process.pid)
-    for child in [*parent.children(recursive=True), parent]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-
-
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_exactly_the_uninterrupted_weights(micro_model, ray_runtime, tmp_path):
     overrides = {"train__max_steps": STEPS, "train__save_every": 2, "train__eval_every": 100,
@@ -49,27 +33,12 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_weights(micro_model
     straight = run_sft(sft_config(micro_model, tmp_path / "straight", **overrides))
 
     config = sft_config(micro_model, tmp_path / "killed", **overrides)
-    config_path = tmp_path / "killed.yaml"
-    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    command = [*ALIGN, "sft", "--config", str(config_path)]
-    process = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, start_new_session=True)
+    command = sigkill_after_checkpoint("sft", config.model_dump(mode="json"), tmp_path / "killed", 4)
     manager = CheckpointManager(tmp_path / "killed")
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        latest = manager.root / "latest"
-        if latest.exists() and latest.read_text().strip() >= "step_00000004":
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, f"the run ended before it could be killed: {process.stderr.read().decode()[-2000:]}"
-    kill_tree(process)
     killed_at = manager.load_state(manager.latest())["step"]
     assert 4 <= killed_at < STEPS
 
-    resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=subprocess_env(), capture_output=True,
-                             text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"at step {killed_at}" in resumed.stdout
+    assert f"at step {killed_at}" in resume_run(command)
 
     expected = load_file(straight / "model.safetensors")
     actual = load_file(tmp_path / "killed" / "final" / "model.safetensors")
@@ -79,3 +48,31 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_weights(micro_model
     steps_logged = [__import__("json").loads(line)["step"]
                     for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert steps_logged == list(range(1, STEPS + 1))
+
+
+def test_resume_keeps_metrics_as_one_uninterrupted_run(tmp_path):
+    """Rows past the resumed step go; the resumed step's row comes back from the checkpoint if the run died
+    between committing it and logging it (and only on a logging step)."""
+    import json
+
+    from alignment.config import TrackingConfig
+    from alignment.tracking import Tracker
+
+    config = TrackingConfig(progress=False, tensorboard=False, log_every=2)
+
+    def steps() -> list[int]:
+        return [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+
+    def run(resume_step: int, metrics: dict | None, log: range) -> None:
+        tracker = Tracker(tmp_path, config, resume_step=resume_step, resume_metrics=metrics)
+        for step in log:
+            tracker.log(step, {"train/loss": 1.0 / step})
+        tracker.close()
+
+    run(0, None, range(2, 7, 2))                       # logged 2, 4, 6, then killed after checkpoint 8 committed
+    run(8, {"train/loss": 0.125}, range(10, 13, 2))   # resumed at 8: its row restored from the checkpoint
+    assert steps() == [2, 4, 6, 8, 10, 12]
+    run(4, {"train/loss": 0.25}, [])                   # resumed at 4: later rows dropped, row 4 not doubled
+    assert steps() == [2, 4]
+    run(3, {"train/loss": 1 / 3}, [])                  # 3 is not a logging step: no row for it
+    assert steps() == [2]

@@ -11,8 +11,8 @@ import torch
 from alignment.config import DPOConfig
 from alignment.dpo import run_dpo
 from alignment.errors import AlignError
-from tests.conftest import read_metrics
-from tests.preference_helpers import preference_tree, rewind_to
+from tests.conftest import read_metrics, resume_run, sigkill_after_checkpoint
+from tests.preference_helpers import preference_tree
 
 TRL_NAMES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
              "logps/chosen", "logps/rejected")
@@ -91,23 +91,18 @@ def test_precomputed_reference_under_zero3_gives_the_same_run(on_the_fly, micro_
 
 
 @pytest.mark.slow
-def test_resume_from_mid_run_checkpoint_gives_identical_weights(on_the_fly, tmp_path, capsys):
-    output, expected_final = on_the_fly
-    copy = tmp_path / "resumed"
-    shutil.copytree(output, copy)
-    rewind_to(copy, 2)
-    config = DPOConfig.model_validate({**_tree_from(output), "output_dir": str(copy)})
-    final = run_dpo(config, resume=True)
-    assert "at step 2" in capsys.readouterr().out  # it really continued from the mid-run checkpoint
+def test_sigkill_after_checkpoint_then_resume_gives_identical_weights(on_the_fly, micro_model, tmp_path):
+    """`align dpo` killed (SIGKILL, whole process tree) right after checkpoint 2, then `--resume`: the
+    uninterrupted run's weights, bit for bit."""
+    _, expected_final = on_the_fly
+    output = tmp_path / "killed"
+    command = sigkill_after_checkpoint("dpo", preference_tree(micro_model, output), output, 2)
+    assert not (output / "final").exists()
+    assert "at step 2" in resume_run(command)  # it really continued from the mid-run checkpoint
     reference = final_weights(expected_final)
-    for name, value in final_weights(final).items():
+    for name, value in final_weights(output / "final").items():
         torch.testing.assert_close(value, reference[name], rtol=0, atol=0, msg=name)
-
-
-def _tree_from(output) -> dict:
-    import yaml
-
-    return yaml.safe_load((output / "config.yaml").read_text())
+    assert [row["step"] for row in read_metrics(output)] == [1, 2, 3, 4]
 
 
 def test_bad_rows_and_configs_are_clear_errors(micro_model, tmp_path):

@@ -14,8 +14,8 @@ from alignment.errors import AlignError
 from alignment.preference_data import check_preference_rows, load_train_eval, pair_batch, row_pairs
 from reward.model import RewardScorer, load_reward_model
 from reward.train import run_rm
-from tests.conftest import read_metrics
-from tests.preference_helpers import preference_tree, rewind_to
+from tests.conftest import read_metrics, resume_run, sigkill_after_checkpoint
+from tests.preference_helpers import preference_tree
 
 
 def ranking_file(micro_model, count: int = 40):
@@ -78,17 +78,18 @@ def test_rm_eval_loss_matches_float64_recomputation(rm_run):
 
 
 @pytest.mark.slow
-def test_rm_resume_gives_identical_weights(rm_run, tmp_path, capsys):
+def test_rm_sigkill_after_checkpoint_then_resume_gives_identical_weights(rm_run, tmp_path):
+    """`align rm` killed (SIGKILL, whole process tree) right after checkpoint 2, then `--resume`."""
     from safetensors.torch import load_file
 
-    config, output, final = rm_run
-    copy = tmp_path / "resumed"
-    shutil.copytree(output, copy)
-    rewind_to(copy, 2)
-    resumed = run_rm(config.model_copy(update={"output_dir": str(copy)}), resume=True)
-    assert "at step 2" in capsys.readouterr().out
+    config, _, final = rm_run
+    output = tmp_path / "killed"
+    tree = config.model_copy(update={"output_dir": str(output)}).model_dump(mode="json")
+    command = sigkill_after_checkpoint("rm", tree, output, 2)
+    assert not (output / "final").exists()
+    assert "at step 2" in resume_run(command)
     expected = load_file(final / "model.safetensors")
-    for name, value in load_file(resumed / "model.safetensors").items():
+    for name, value in load_file(output / "final" / "model.safetensors").items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
 
 

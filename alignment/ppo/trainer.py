@@ -375,7 +375,7 @@ def run_ppo(config: PPOConfig, resume: bool = False) -> Path:
     cfg, timer = config, job.timer
     tracker = None
     try:
-        start_step = 0
+        start_step, state = 0, {}
         if job.resume_from is not None:
             with timer.phase("resume"):
                 job.models.load(job.resume_from)
@@ -389,7 +389,8 @@ def run_ppo(config: PPOConfig, resume: bool = False) -> Path:
         print(f"ppo ({cfg.algorithm.advantage}): groups {groups}; {params}; {cfg.rollout.num_engines} {cfg.rollout.backend} "
               f"engine(s); {job.batch_size} samples per step ({cfg.algorithm.prompts_per_step} prompts x {cfg.sampling.n}); "
               f"startup {timer.pop().get('time/startup_s', 0.0):.1f} s")
-        tracker = Tracker(job.output_dir, cfg.tracking, cfg.model_dump(mode="json"), resume_step=start_step)
+        tracker = Tracker(job.output_dir, cfg.tracking, cfg.model_dump(mode="json"), resume_step=start_step,
+                          resume_metrics=state.get("metrics"))
         if start_step == 0 and job.eval_prompts:
             with timer.phase("eval"):
                 tracker.log(0, job.evaluate())
