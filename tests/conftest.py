@@ -141,6 +141,19 @@ def kill_tree(process: subprocess.Popen) -> None:
     process.wait(timeout=30)
 
 
+def wait_for_checkpoint(process: subprocess.Popen, output_dir: Path, step: int, timeout_s: float = 400) -> None:
+    """Return as soon as the job writing ``output_dir`` has committed checkpoint ``step`` (polled every 2 ms)."""
+    import time
+
+    latest, wanted = output_dir / "checkpoints" / "latest", f"step_{step:08d}"
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and process.poll() is None:
+        if latest.exists() and latest.read_text().strip() >= wanted:
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"no checkpoint {step} before the run ended: {process.stderr.read().decode()[-3000:]}")
+
+
 def sigkill_after_checkpoint(job: str, config: dict, output_dir: Path, step: int, timeout_s: float = 300) -> list[str]:
     """Run ``align JOB --config`` and SIGKILL its whole process tree once checkpoint ``step`` is committed.
 
@@ -148,7 +161,6 @@ def sigkill_after_checkpoint(job: str, config: dict, output_dir: Path, step: int
     one can land before the kill. Returns the command, to run again with ``--resume``.
     """
     import signal
-    import time
 
     import yaml
 
@@ -157,14 +169,8 @@ def sigkill_after_checkpoint(job: str, config: dict, output_dir: Path, step: int
     command = [*ALIGN, job, "--config", str(config_path)]
     process = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, start_new_session=True)
-    latest, wanted = output_dir / "checkpoints" / "latest", f"step_{step:08d}"
-    deadline = time.time() + timeout_s
-    while time.time() < deadline and process.poll() is None:
-        if latest.exists() and latest.read_text().strip() >= wanted:
-            process.send_signal(signal.SIGSTOP)
-            break
-        time.sleep(0.002)
-    assert process.poll() is None, f"the run ended before it could be killed: {process.stderr.read().decode()[-2000:]}"
+    wait_for_checkpoint(process, output_dir, step, timeout_s)
+    process.send_signal(signal.SIGSTOP)
     kill_tree(process)
     return command
 

@@ -10,7 +10,7 @@ from alignment.checkpoint import CheckpointManager
 from alignment.sft import run_sft
 from tests.conftest import resume_run, sft_config, sigkill_after_checkpoint
 
-STEPS = 24
+STEPS = 10
 
 
 def test_commit_is_atomic_and_prunes(tmp_path):

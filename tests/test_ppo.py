@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -24,8 +23,16 @@ from alignment.config import load_config
 from alignment.errors import AlignError
 from alignment.ppo.config import AlgorithmConfig, KLConfig, PPOConfig
 from alignment.ppo.experience import compute_experience, pad
-from tests.conftest import ALIGN, REPO, read_metrics, subprocess_env, with_overrides, write_jsonl
-from tests.test_checkpoint import kill_tree
+from tests.conftest import (
+    ALIGN,
+    REPO,
+    kill_tree,
+    read_metrics,
+    subprocess_env,
+    wait_for_checkpoint,
+    with_overrides,
+    write_jsonl,
+)
 
 # ---- log-probabilities of response tokens ------------------------------------------------------
 
@@ -217,16 +224,6 @@ def run_align(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-def wait_for_checkpoint(process: subprocess.Popen, manager: CheckpointManager, step: int, timeout: float = 400) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and process.poll() is None:
-        latest = manager.root / "latest"
-        if latest.exists() and latest.read_text().strip() >= f"step_{step:08d}":
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no checkpoint {step} before the run ended: {process.stderr.read().decode()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def straight_run(micro_model, tmp_path_factory) -> Path:
     """4 uninterrupted PPO steps (checkpoints at 2 and 4), through the CLI."""
@@ -271,7 +268,7 @@ def test_a_killed_worker_ends_the_job_clearly_and_resume_gives_the_uninterrupted
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     manager = CheckpointManager(output)
     try:
-        wait_for_checkpoint(process, manager, 2)
+        wait_for_checkpoint(process, output, 2)
         workers = [p for p in psutil.Process(process.pid).children(recursive=True)
                    if "PPOWorker" in " ".join(p.cmdline())]
         assert len(workers) == 2, [p.cmdline() for p in psutil.Process(process.pid).children(recursive=True)]
@@ -311,7 +308,7 @@ def test_grpo_in_separate_groups_then_a_nan_loss_stops_without_touching_the_last
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     manager = CheckpointManager(output)
     try:
-        wait_for_checkpoint(process, manager, 2)
+        wait_for_checkpoint(process, output, 2)
         latest = manager.latest()
         before = {p: p.stat().st_mtime_ns for p in latest.rglob("*") if p.is_file()}
         flag.touch()
