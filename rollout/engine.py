@@ -284,7 +284,6 @@ class RolloutEngines:
                 for index, engine in enumerate(self.engines)]
         self._get(list(sender) + refs, self.config.start_timeout_s, "joining the weight broadcast",
                   [sender_name] * len(sender) + self._labels(self.names))
-        self.broadcast_backend = backend
 
     def receive_weight_broadcast(self, sender: list, sender_name: str = "trainer", reset_prefix_cache: bool = True) -> float:
         """Every engine receives and loads the weights the trainer broadcasts (its calls ``sender`` are
