@@ -205,10 +205,23 @@ class StepSampler:
         return order[start : start + self.global_batch_size].tolist()
 
 
-def shard(indices: Sequence[int], rank: int, world_size: int) -> list[int]:
-    """This rank's contiguous share of a global batch."""
-    per_rank = len(indices) // world_size
-    return list(indices[rank * per_rank : (rank + 1) * per_rank])
+def length_balanced_micro_batches(indices: Sequence[int], lengths: Sequence[int], rank: int, world_size: int,
+                                  micro_batch_size: int) -> list[list[int]]:
+    """This rank's micro-batches of a global batch, grouped by length to cut padding.
+
+    The batch's examples are sorted by length (ties by position) and cut into micro-batches, which
+    are dealt to the ranks in snake order (0, 1, .., w-1, w-1, .., 0, ..) so every rank gets short
+    and long ones alike. The step's gradient is the same sum over the same examples whatever the
+    grouping; only the padding each forward computes changes.
+    """
+    order = sorted(range(len(indices)), key=lambda k: (lengths[k], k))
+    chunks = [[indices[k] for k in order[i : i + micro_batch_size]] for i in range(0, len(order), micro_batch_size)]
+    mine = []
+    for number, chunk in enumerate(chunks):
+        turn, seat = divmod(number, world_size)
+        if (seat if turn % 2 == 0 else world_size - 1 - seat) == rank:
+            mine.append(chunk)
+    return mine
 
 
 def pad_batch(examples: Sequence[TokenizedExample], pad_id: int):

@@ -1,7 +1,9 @@
 """DPO trainer (DPO, cDPO, IPO, SimPO): policy and frozen reference as DeepSpeed engines in the same actors.
 
-Chosen and rejected go through one concatenated forward. The reference's log-probs are computed
-on the fly, or once before training (``dpo.precompute_ref_logps``), after which the reference is freed.
+Chosen and rejected go through one forward: by default one row per pair with their shared prefix
+computed once (``dpo.share_prefix``, see :mod:`alignment.pair_packing`), else one concatenated padded
+batch. The reference's log-probs are computed on the fly, or once before training
+(``dpo.precompute_ref_logps``), after which the reference is freed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from alignment.config import DPOConfig
 from alignment.data import IGNORE_INDEX
 from alignment.losses import preference_loss
 from alignment.models import load_causal_lm, load_tokenizer
+from alignment.pair_packing import pack_pairs, packed_length, packed_logps
 from alignment.preference_data import PreferencePair, check_preference_rows, load_train_eval, pair_batch
 from alignment.strategy import DeepSpeedStrategy
 from alignment.trainer import TrainWorker, check_inputs, run_training
@@ -81,20 +84,37 @@ class DPOWorker(TrainWorker):
         self.reference = None
         gc.collect()
 
-    def _reference_logps(self, pairs: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
+    def example_length(self, example: PreferencePair) -> int:
+        if self.config.dpo.share_prefix:
+            return packed_length(example.chosen, example.rejected)
+        return 2 * max(len(example.chosen.input_ids), len(example.rejected.input_ids))
+
+    def _inputs(self, pairs: list[PreferencePair]) -> dict[str, torch.Tensor]:
+        pad_id = self.tokenizer.pad_token_id
+        if self.config.dpo.share_prefix:
+            batch = pack_pairs([(p.chosen, p.rejected) for p in pairs], pad_id, self.strategy.dtype)
+        else:
+            batch = pair_batch(pairs, pad_id)
+        return {k: v.to(self.strategy.device) for k, v in batch.items()}
+
+    def _logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs and labelled-token counts of the chosen sequences, then the rejected ones."""
+        return packed_logps(model, batch) if self.config.dpo.share_prefix else sequence_logps(model, batch)
+
+    def _reference_logps(self, pairs: list[PreferencePair],
+                         batch: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if pairs[0].ref_chosen is not None:
             return (torch.tensor([p.ref_chosen for p in pairs], device=self.strategy.device),
                     torch.tensor([p.ref_rejected for p in pairs], device=self.strategy.device))
-        batch = {k: v.to(self.strategy.device) for k, v in pair_batch(pairs, self.tokenizer.pad_token_id).items()}
         with torch.no_grad():
-            logps, _ = sequence_logps(self.reference.engine, batch)
+            logps, _ = self._logps(self.reference.engine, batch if batch is not None else self._inputs(pairs))
         return logps[: len(pairs)], logps[len(pairs) :]
 
     def batch_loss(self, examples: list[PreferencePair]):
         settings, n = self.config.dpo, len(examples)
-        batch = {k: v.to(self.strategy.device) for k, v in pair_batch(examples, self.tokenizer.pad_token_id).items()}
-        logps, lengths = sequence_logps(self.engine, batch)
-        ref_chosen, ref_rejected = self._reference_logps(examples) if settings.loss_type != "simpo" else (None, None)
+        batch = self._inputs(examples)
+        logps, lengths = self._logps(self.engine, batch)
+        ref_chosen, ref_rejected = self._reference_logps(examples, batch) if settings.loss_type != "simpo" else (None, None)
         losses, chosen_rewards, rejected_rewards = preference_loss(
             settings.loss_type, logps[:n], logps[n:], ref_chosen, ref_rejected, lengths[:n], lengths[n:],
             settings.beta, settings.label_smoothing, settings.simpo_gamma)

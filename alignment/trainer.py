@@ -62,17 +62,19 @@ class TrainWorker(DistributedWorker):
         self.engine = self.strategy.prepare(model, self.config.optim, total_steps)
         return sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())
 
-    def _micro_batches(self, examples: list) -> list[list]:
-        size = self.micro_batch_size
-        return [examples[i : i + size] for i in range(0, len(examples), size)]
-
     def train_step(self, indices: list[int]) -> dict[str, float]:
         """One optimizer step over this rank's share of the global batch ``indices``."""
-        from alignment.data import shard
+        from alignment.data import length_balanced_micro_batches
 
         self.engine.train()
-        mine = [self.train_examples[i] for i in shard(indices, self.rank, self.world_size)]
-        return optimizer_step(self.strategy, self._micro_batches(mine), self.batch_loss, self.count_units)
+        lengths = [self.example_length(self.train_examples[i]) for i in indices]
+        chunks = length_balanced_micro_batches(indices, lengths, self.rank, self.world_size, self.micro_batch_size)
+        batches = [[self.train_examples[i] for i in chunk] for chunk in chunks]
+        return optimizer_step(self.strategy, batches, self.batch_loss, self.count_units)
+
+    def example_length(self, example) -> int:
+        """Tokens one example puts into a forward (micro-batches group examples of similar length)."""
+        return len(example.input_ids)
 
     def count_units(self, batch: list) -> float:
         return float(len(batch))

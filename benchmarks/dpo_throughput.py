@@ -1,10 +1,12 @@
 """DPO throughput: ours (Ray + DeepSpeed, two actors) against TRL's DPOTrainer and a bare PyTorch loop.
 
 Same tiny model, same preference pairs, same global batch (micro-batch x accumulation), same
-max length, fp32, 2 CPU threads in total for each. Prints pairs/s (median over timed steps,
-warm-up and checkpoint/eval steps excluded) and the ratios. Needs `align tiny build` and `align tiny prefs`.
+max length, fp32, 2 CPU threads in total for each. Ours runs `configs/dpo_tiny.yaml` as shipped
+(chosen and rejected sharing their prefix in one row) and with one padded row per sequence, the
+layout TRL and the bare loop use. Prints pairs/s (median over timed steps, warm-up and
+checkpoint/eval steps excluded) and the ratios. Needs `align tiny build` and `align tiny prefs`.
 
-    flock /tmp/align-heavy.lock python benchmarks/dpo_throughput.py --steps 20
+    flock /tmp/align-heavy.lock python benchmarks/dpo_throughput.py --steps 20 --repeats 2
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ WARMUP = 3
 
 
 def run_ours(tiny: Path, steps: int, micro: int, batch: int, max_length: int, out: Path,
-             precompute: bool = False, zero_stage: int = 2) -> list[float]:
+             precompute: bool = False, share_prefix: bool = True) -> list[float]:
     from alignment.config import DPOConfig, load_config
     from alignment.dpo import run_dpo
 
@@ -30,7 +32,7 @@ def run_ours(tiny: Path, steps: int, micro: int, batch: int, max_length: int, ou
         f"data.eval={tiny / 'prefs' / 'pairs_eval.jsonl'}", f"data.max_length={max_length}",
         f"train.micro_batch_size={micro}", f"train.global_batch_size={batch}", f"train.max_steps={total}",
         f"train.eval_every={total}", f"train.save_every={total}", "tracking.progress=false", "tracking.tensorboard=false",
-        f"dpo.precompute_ref_logps={str(precompute).lower()}", f"strategy.zero_stage={zero_stage}"])
+        f"dpo.precompute_ref_logps={str(precompute).lower()}", f"dpo.share_prefix={str(share_prefix).lower()}"])
     run_dpo(config)
     rows = [json.loads(line) for line in (out / "ours" / "metrics.jsonl").read_text().splitlines()]
     return [row["time/step_s"] for row in rows[WARMUP:-1]]  # the last step also evaluates and checkpoints
@@ -122,34 +124,40 @@ def main() -> None:
     parser.add_argument("--micro", type=int, default=8, help="pairs per forward")
     parser.add_argument("--batch", type=int, default=32, help="pairs per optimizer step")
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=1, help="alternating runs of every contender")
     parser.add_argument("--precompute", action="store_true",
                         help="also time ours and TRL with reference log-probs precomputed before training")
     args = parser.parse_args()
     tiny = Path(args.tiny)
     shape = (args.steps, args.micro, args.batch, args.max_length)
+    contenders = {
+        "bare PyTorch": lambda out: run_bare(tiny, *shape),
+        "TRL DPOTrainer": lambda out: run_trl(tiny, *shape, out),
+        "ours": lambda out: run_ours(tiny, *shape, out),
+        "ours, padded rows": lambda out: run_ours(tiny, *shape, out, share_prefix=False),
+    }
+    if args.precompute:
+        contenders["TRL DPOTrainer, precomputed ref"] = lambda out: run_trl(tiny, *shape, out, precompute=True)
+        contenders["ours, precomputed ref"] = lambda out: run_ours(tiny, *shape, out, precompute=True)
+    medians: dict[str, list[float]] = {name: [] for name in contenders}
     with tempfile.TemporaryDirectory() as scratch:
-        out = Path(scratch)
-        results = {"bare PyTorch": run_bare(tiny, *shape), "TRL DPOTrainer": run_trl(tiny, *shape, out),
-                   "ours (Ray+DeepSpeed, 2 actors)": run_ours(tiny, *shape, out),
-                   "ours, ZeRO-1": run_ours(tiny, *shape, out / "zero1", zero_stage=1)}
-        if args.precompute:
-            results["TRL DPOTrainer, precomputed ref"] = run_trl(tiny, *shape, out / "pre", precompute=True)
-            results["ours, precomputed ref"] = run_ours(tiny, *shape, out / "pre", precompute=True)
-    rates = {name: args.batch / statistics.median(times) for name, times in results.items()}
+        for repeat in range(args.repeats):  # A/B/C/D, A/B/C/D, ...: slow phases of the machine hit every contender
+            for number, (name, run) in enumerate(contenders.items()):
+                medians[name].append(statistics.median(run(Path(scratch) / f"{repeat}-{number}")))
+    step = {name: statistics.median(values) for name, values in medians.items()}
+    rates = {name: args.batch / value for name, value in step.items()}
     print(f"\nDPO throughput: batch {args.batch} pairs (micro {args.micro}), max_length {args.max_length}, "
-          f"{args.steps} timed steps each, median step time")
-    print(f"{'contender':34s} {'s/step':>8s} {'pairs/s':>9s}")
-    for name, times in results.items():
-        print(f"{name:34s} {statistics.median(times):8.3f} {rates[name]:9.1f}")
-    ours = rates["ours (Ray+DeepSpeed, 2 actors)"]
-    print(f"ours / TRL = {ours / rates['TRL DPOTrainer']:.2f}x; ours / bare = {ours / rates['bare PyTorch']:.2f}x")
-    zero1 = rates["ours, ZeRO-1"]
-    print(f"ours with ZeRO-1 / TRL = {zero1 / rates['TRL DPOTrainer']:.2f}x; / bare = {zero1 / rates['bare PyTorch']:.2f}x")
+          f"{args.steps} timed steps per run, {args.repeats} alternating run(s) each; median step time")
+    print(f"{'contender':34s} {'s/step':>8s} {'pairs/s':>9s}  per-run medians (s)")
+    for name in contenders:
+        runs = ", ".join(f"{value:.3f}" for value in medians[name])
+        print(f"{name:34s} {step[name]:8.3f} {rates[name]:9.1f}  {runs}")
+    trl, bare = rates["TRL DPOTrainer"], rates["bare PyTorch"]
+    for name in ("ours", "ours, padded rows"):
+        print(f"{name} / TRL = {rates[name] / trl:.2f}x; / bare = {rates[name] / bare:.2f}x")
     if args.precompute:
         pre = rates["ours, precomputed ref"]
-        print(f"precomputed: ours / TRL = {pre / rates['TRL DPOTrainer, precomputed ref']:.2f}x; "
-              f"ours precomputed / TRL on the fly = {pre / rates['TRL DPOTrainer']:.2f}x")
-
+        print(f"precomputed: ours / TRL = {pre / rates['TRL DPOTrainer, precomputed ref']:.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -34,6 +34,9 @@ class RMWorker(TrainWorker):
         model.config.pad_token_id = self.tokenizer.pad_token_id
         return model
 
+    def example_length(self, example: PreferencePair) -> int:
+        return max(len(example.chosen.input_ids), len(example.rejected.input_ids))
+
     def batch_loss(self, examples: list[PreferencePair]):
         n = len(examples)
         batch = {k: v.to(self.strategy.device) for k, v in pair_batch(examples, self.tokenizer.pad_token_id).items()}

@@ -7,9 +7,9 @@ from alignment.data import (
     IGNORE_INDEX,
     StepSampler,
     check_sft_rows,
+    length_balanced_micro_batches,
     load_sft_examples,
     read_records,
-    shard,
     tokenize_sft,
 )
 from alignment.errors import AlignError
@@ -75,7 +75,17 @@ def test_sampler_is_a_pure_function_of_step():
     assert len(set(first_epoch)) == 8
     assert sampler.indices(2) != sampler.indices(0)  # a new permutation per epoch
     assert StepSampler(10, 4, seed=3).indices(5) == sampler.indices(5)
-    assert shard([1, 2, 3, 4], 1, 2) == [3, 4]
+
+
+def test_length_balanced_micro_batches_cover_the_batch_once_and_group_similar_lengths():
+    indices = [10, 11, 12, 13, 14, 15, 16, 17]
+    lengths = [5, 40, 7, 33, 5, 21, 12, 28]
+    ranks = [length_balanced_micro_batches(indices, lengths, rank, 2, 2) for rank in range(2)]
+    # sorted: 10,14 (5,5) | 12,16 (7,12) | 15,17 (21,28) | 13,11 (33,40); dealt 0,1,1,0
+    assert ranks == [[[10, 14], [13, 11]], [[12, 16], [15, 17]]]
+    assert sorted(i for chunks in ranks for chunk in chunks for i in chunk) == indices
+    one_rank = length_balanced_micro_batches(indices, lengths, 0, 1, 4)
+    assert one_rank == [[10, 14, 12, 16], [15, 17, 13, 11]]
 
 
 def test_too_few_rows_for_one_batch():

@@ -51,6 +51,45 @@ def test_sequence_logps_equal_a_float64_per_sequence_recomputation(micro_model):
             assert counts[row].item() == sum(token != IGNORE_INDEX for token in example.labels)
 
 
+def test_prefix_shared_rows_give_each_sequence_its_own_log_probs(micro_model):
+    """Pairs packed one row each (shared prefix once, 4D mask, own positions) = float64 sums over each
+    sequence alone: prompts of different lengths, responses that open alike, a rejected that is a
+    prefix of chosen, identical responses, and padding rows."""
+    from alignment.data import IGNORE_INDEX, TokenizedExample
+    from alignment.models import load_causal_lm
+    from alignment.pair_packing import pack_pairs, packed_logps, shared_prefix_length
+
+    model = load_causal_lm(micro_model / "model").eval()
+    generator = torch.Generator().manual_seed(2)
+
+    def tokens(n: int) -> list[int]:
+        return torch.randint(3, 300, (n,), generator=generator).tolist()
+
+    def example(prompt: list[int], response: list[int]) -> TokenizedExample:
+        return TokenizedExample(prompt + response, [IGNORE_INDEX] * len(prompt) + response)
+
+    pairs, shared = [], []
+    for prompt_len, chosen, rejected in [(6, tokens(5), tokens(9)), (3, tokens(2), tokens(2))]:
+        prompt = tokens(prompt_len)
+        pairs.append((example(prompt, chosen), example(prompt, rejected)))
+    opening, prompt = tokens(4), tokens(5)
+    pairs.append((example(prompt, opening + tokens(3)), example(prompt, opening + tokens(6))))  # responses open alike
+    response = tokens(7)
+    pairs.append((example(prompt, response), example(prompt, response[:3])))  # rejected = a prefix of chosen
+    pairs.append((example(prompt, response), example(prompt, response)))  # identical: one own token each
+    shared = [shared_prefix_length(c.input_ids, r.input_ids) for c, r in pairs]
+    assert shared[2] == 9 and shared[3] == 7 and shared[4] == 11
+    with torch.no_grad():
+        logps, counts = packed_logps(model, pack_pairs(pairs, pad_id=0))
+        model64 = model.double()
+        sequences = [c for c, _ in pairs] + [r for _, r in pairs]
+        for row, sequence in enumerate(sequences):
+            log_probs = torch.log_softmax(model64(input_ids=torch.tensor([sequence.input_ids])).logits[0], -1)
+            expected = sum(log_probs[t - 1, token].item() for t, token in enumerate(sequence.labels) if token != IGNORE_INDEX)
+            assert logps[row].item() == pytest.approx(expected, abs=1e-4), row
+            assert counts[row].item() == sum(token != IGNORE_INDEX for token in sequence.labels)
+
+
 @pytest.fixture(scope="module")
 def on_the_fly(micro_model, ray_runtime, tmp_path_factory):
     output = tmp_path_factory.mktemp("dpo") / "run"
@@ -78,16 +117,20 @@ def test_step0_loss_is_ln2_and_metrics_have_trl_names(on_the_fly):
 
 @pytest.mark.slow
 def test_precomputed_reference_under_zero3_gives_the_same_run(on_the_fly, micro_model, tmp_path):
-    """ZeRO-3 (sharded policy and reference, precomputed log-probs gathered across ranks) vs ZeRO-2 on the fly."""
+    """ZeRO-3 (sharded policy and reference, precomputed log-probs gathered across ranks, one padded
+    row per sequence) vs ZeRO-2 on the fly with chosen and rejected sharing their prefix in one row."""
     output, expected_final = on_the_fly
-    final = run_dpo(dpo_config(micro_model, tmp_path / "pre", dpo__precompute_ref_logps=True, strategy__zero_stage=3))
+    final = run_dpo(dpo_config(micro_model, tmp_path / "pre", dpo__precompute_ref_logps=True, strategy__zero_stage=3,
+                               dpo__share_prefix=False))
     expected = [row["train/loss"] for row in read_metrics(output)]
     assert [row["train/loss"] for row in read_metrics(tmp_path / "pre")] == pytest.approx(expected, rel=1e-5, abs=1e-6)
     reference = final_weights(expected_final)
-    # Different batch shapes round differently (~1e-7 in log-probs); Adam turns that into at most a few
-    # 1e-5 on weights whose gradient is near 0 (lr 3e-3): 1e-4 is 3% of one step.
-    for name, value in final_weights(final).items():
-        torch.testing.assert_close(value, reference[name], rtol=0, atol=1e-4, msg=name)
+    # Different batch shapes round differently (~1e-7 in log-probs); Adam turns that into up to ~1e-4 on
+    # the few weights whose gradient is near 0 (its first steps move each weight by ~lr = 3e-3 whatever
+    # the gradient's size). So: every weight within a tenth of one step, all but 0.1% within 1e-5.
+    differences = torch.cat([(value - reference[name]).abs().flatten() for name, value in final_weights(final).items()])
+    assert float(differences.max()) < 3e-4
+    assert int((differences > 1e-5).sum()) <= differences.numel() // 1000
 
 
 @pytest.mark.slow
