@@ -233,6 +233,9 @@ class PreferenceDataConfig(Section):
     ranks_field: str = Field("ranks", description="Ranking rows: column with each response's rank (1 = best; ties give no pair).")
     margin_field: str | None = Field(None, description="Optional column with a per-pair margin (reward models only).")
     shuffle: bool = Field(True, description="Shuffle the training order each epoch (seeded).")
+    share_prefix: bool = Field(True, description="One row per pair: chosen, then rejected's tokens after their common "
+                               "prefix (the prompt), which is computed once (4D attention mask, own positions); false = "
+                               "one padded row per sequence (attention implementations without custom masks).")
 
 
 class DPOLossConfig(Section):
@@ -243,9 +246,6 @@ class DPOLossConfig(Section):
     simpo_gamma: float = Field(0.5, ge=0, description="SimPO target reward margin gamma.")
     nll_coef: float = Field(0.0, ge=0, description="Weight of an extra per-token NLL term on the chosen response (0 disables).")
     precompute_ref_logps: bool = Field(False, description="Compute reference log-probs once before training and free the reference.")
-    share_prefix: bool = Field(True, description="Put chosen and rejected in one row with their common prefix (the prompt) "
-                               "computed once, via a 4D attention mask; false = one padded row each (for attention "
-                               "implementations without custom masks, e.g. flash_attention_2).")
     reference: str | None = Field(None, description="Reference model directory; None uses `model` (the usual choice).")
 
 

@@ -1,7 +1,7 @@
 """DPO trainer (DPO, cDPO, IPO, SimPO): policy and frozen reference as DeepSpeed engines in the same actors.
 
 Chosen and rejected go through one forward: by default one row per pair with their shared prefix
-computed once (``dpo.share_prefix``, see :mod:`alignment.pair_packing`), else one concatenated padded
+computed once (``data.share_prefix``, see :mod:`alignment.pair_packing`), else one concatenated padded
 batch. The reference's log-probs are computed on the fly, or once before training
 (``dpo.precompute_ref_logps``), after which the reference is freed.
 """
@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from alignment.config import DPOConfig
 from alignment.data import IGNORE_INDEX
 from alignment.losses import preference_loss
-from alignment.models import load_causal_lm, load_tokenizer
-from alignment.pair_packing import pack_pairs, packed_length, packed_logps
-from alignment.preference_data import PreferencePair, check_preference_rows, load_train_eval, pair_batch
+from alignment.models import load_causal_lm
+from alignment.pair_packing import packed_logps
+from alignment.preference_data import PreferencePair, check_preference_rows
 from alignment.strategy import DeepSpeedStrategy
-from alignment.trainer import TrainWorker, check_inputs, run_training
+from alignment.trainer import PairWorker, check_inputs, run_training
 
 
 def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,12 +42,8 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     return -token_nll.sum(-1), (labels != IGNORE_INDEX).sum(-1).float()
 
 
-class DPOWorker(TrainWorker):
+class DPOWorker(PairWorker):
     config_class = DPOConfig
-
-    def load_data(self) -> tuple[list[PreferencePair], list[PreferencePair]]:
-        self.tokenizer = load_tokenizer(self.config.tokenizer or self.config.model)
-        return load_train_eval(self.config.data, self.tokenizer, self.config.train.seed)
 
     def build_model(self) -> torch.nn.Module:
         return load_causal_lm(self.config.model, self.strategy.dtype)
@@ -84,22 +80,9 @@ class DPOWorker(TrainWorker):
         self.reference = None
         gc.collect()
 
-    def example_length(self, example: PreferencePair) -> int:
-        if self.config.dpo.share_prefix:
-            return packed_length(example.chosen, example.rejected)
-        return 2 * max(len(example.chosen.input_ids), len(example.rejected.input_ids))
-
-    def _inputs(self, pairs: list[PreferencePair]) -> dict[str, torch.Tensor]:
-        pad_id = self.tokenizer.pad_token_id
-        if self.config.dpo.share_prefix:
-            batch = pack_pairs([(p.chosen, p.rejected) for p in pairs], pad_id, self.strategy.dtype)
-        else:
-            batch = pair_batch(pairs, pad_id)
-        return {k: v.to(self.strategy.device) for k, v in batch.items()}
-
     def _logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs and labelled-token counts of the chosen sequences, then the rejected ones."""
-        return packed_logps(model, batch) if self.config.dpo.share_prefix else sequence_logps(model, batch)
+        return packed_logps(model, batch) if self.config.data.share_prefix else sequence_logps(model, batch)
 
     def _reference_logps(self, pairs: list[PreferencePair],
                          batch: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,12 +90,12 @@ class DPOWorker(TrainWorker):
             return (torch.tensor([p.ref_chosen for p in pairs], device=self.strategy.device),
                     torch.tensor([p.ref_rejected for p in pairs], device=self.strategy.device))
         with torch.no_grad():
-            logps, _ = self._logps(self.reference.engine, batch if batch is not None else self._inputs(pairs))
+            logps, _ = self._logps(self.reference.engine, batch if batch is not None else self.pair_inputs(pairs))
         return logps[: len(pairs)], logps[len(pairs) :]
 
     def batch_loss(self, examples: list[PreferencePair]):
         settings, n = self.config.dpo, len(examples)
-        batch = self._inputs(examples)
+        batch = self.pair_inputs(examples)
         logps, lengths = self._logps(self.engine, batch)
         ref_chosen, ref_rejected = self._reference_logps(examples, batch) if settings.loss_type != "simpo" else (None, None)
         losses, chosen_rewards, rejected_rewards = preference_loss(

@@ -39,7 +39,8 @@ def pack_pairs(pairs: Sequence[tuple[TokenizedExample, TokenizedExample]], pad_i
     ``input_ids``/``position_ids`` ``[P, T]``; ``attention_mask`` ``[P, 1, T, T]`` (0 where a token
     may attend, the dtype's minimum elsewhere; padding attends to itself only); ``rows`` ``[2P, L]``:
     for each chosen sequence, then each rejected one, the row position holding its token ``t``;
-    ``labels`` ``[2P, L]`` as in a plain padded batch.
+    ``labels`` ``[2P, L]`` as in a plain padded batch; ``last`` ``[2P]``: the row position of each
+    sequence's last token.
     """
     count, width = len(pairs), max(packed_length(c, r) for c, r in pairs)
     length = max(max(len(c.input_ids), len(r.input_ids)) for c, r in pairs)
@@ -47,6 +48,7 @@ def pack_pairs(pairs: Sequence[tuple[TokenizedExample, TokenizedExample]], pad_i
     position_ids = torch.zeros((count, width), dtype=torch.long)
     allowed = torch.eye(width, dtype=torch.bool).repeat(count, 1, 1)
     rows = torch.zeros((2 * count, length), dtype=torch.long)
+    last = torch.zeros(2 * count, dtype=torch.long)
     labels = torch.full((2 * count, length), IGNORE_INDEX, dtype=torch.long)
     causal = torch.ones((width, width), dtype=torch.bool).tril()
     for index, (chosen, rejected) in enumerate(pairs):
@@ -63,11 +65,12 @@ def pack_pairs(pairs: Sequence[tuple[TokenizedExample, TokenizedExample]], pad_i
         rows[index, :n_chosen] = torch.arange(n_chosen)
         rows[count + index, :shared] = torch.arange(shared)
         rows[count + index, shared : shared + n_own] = torch.arange(n_chosen, end)
+        last[index], last[count + index] = n_chosen - 1, end - 1
         labels[index, :n_chosen] = torch.tensor(chosen.labels)
         labels[count + index, : shared + n_own] = torch.tensor(rejected.labels)
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
     return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask.unsqueeze(1),
-            "rows": rows, "labels": labels}
+            "rows": rows, "labels": labels, "last": last}
 
 
 def packed_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -116,6 +116,37 @@ class TrainWorker(DistributedWorker):
         self.strategy.barrier()
 
 
+class PairWorker(TrainWorker):
+    """A rank that trains on preference pairs (DPO, reward models)."""
+
+    def load_data(self) -> tuple[list, list]:
+        from alignment.models import load_tokenizer
+        from alignment.preference_data import load_train_eval
+
+        self.tokenizer = load_tokenizer(self.config.tokenizer or self.config.model)
+        return load_train_eval(self.config.data, self.tokenizer, self.config.train.seed)
+
+    def example_length(self, example) -> int:
+        from alignment.pair_packing import packed_length
+
+        if self.config.data.share_prefix:
+            return packed_length(example.chosen, example.rejected)
+        return 2 * max(len(example.chosen.input_ids), len(example.rejected.input_ids))
+
+    def pair_inputs(self, pairs: list) -> dict[str, torch.Tensor]:
+        """A micro-batch on this rank's device: prefix-shared rows (``data.share_prefix``, see
+        :mod:`alignment.pair_packing`), else one padded row per sequence, all chosen then all rejected."""
+        from alignment.pair_packing import pack_pairs
+        from alignment.preference_data import pair_batch
+
+        pad_id = self.tokenizer.pad_token_id
+        if self.config.data.share_prefix:
+            batch = pack_pairs([(p.chosen, p.rejected) for p in pairs], pad_id, self.strategy.dtype)
+        else:
+            batch = pair_batch(pairs, pad_id)
+        return {k: v.to(self.strategy.device) for k, v in batch.items()}
+
+
 def optimizer_step(strategy: DeepSpeedStrategy, batches: list[list],
                    batch_loss: Callable[[list], tuple[torch.Tensor, float, dict[str, float]]],
                    count_units: Callable[[list], float]) -> dict[str, float]:

@@ -32,7 +32,7 @@ def run_ours(tiny: Path, steps: int, micro: int, batch: int, max_length: int, ou
         f"data.eval={tiny / 'prefs' / 'pairs_eval.jsonl'}", f"data.max_length={max_length}",
         f"train.micro_batch_size={micro}", f"train.global_batch_size={batch}", f"train.max_steps={total}",
         f"train.eval_every={total}", f"train.save_every={total}", "tracking.progress=false", "tracking.tensorboard=false",
-        f"dpo.precompute_ref_logps={str(precompute).lower()}", f"dpo.share_prefix={str(share_prefix).lower()}"])
+        f"dpo.precompute_ref_logps={str(precompute).lower()}", f"data.share_prefix={str(share_prefix).lower()}"])
     run_dpo(config)
     rows = [json.loads(line) for line in (out / "ours" / "metrics.jsonl").read_text().splitlines()]
     return [row["time/step_s"] for row in rows[WARMUP:-1]]  # the last step also evaluates and checkpoints

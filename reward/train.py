@@ -7,24 +7,35 @@ from pathlib import Path
 import torch
 
 from alignment.config import RMConfig
+from alignment.errors import AlignError
 from alignment.losses import bradley_terry_loss
-from alignment.models import load_tokenizer
-from alignment.preference_data import PreferencePair, check_preference_rows, load_train_eval, pair_batch
-from alignment.trainer import TrainWorker, check_inputs, run_training
+from alignment.preference_data import PreferencePair, check_preference_rows
+from alignment.trainer import PairWorker, check_inputs, run_training
 
 
 def pair_rewards(model: torch.nn.Module, batch: dict[str, torch.Tensor], pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scalar rewards of the chosen and rejected halves of one concatenated batch."""
-    rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
+    """Scalar rewards of the chosen and the rejected sequences of one batch.
+
+    The batch is either one padded row per sequence (:func:`pair_batch`) or one prefix-shared row per
+    pair (:func:`alignment.pair_packing.pack_pairs`): then the head's score at each sequence's last
+    token is read from the per-position scores it computes for the whole row.
+    """
+    if "last" not in batch:
+        rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
+        return rewards[:pairs], rewards[pairs:]
+    scores: list[torch.Tensor] = []
+    hook = getattr(model, "module", model).score.register_forward_hook(lambda _m, _i, output: scores.append(output))
+    try:
+        model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=batch["attention_mask"])
+    finally:
+        hook.remove()
+    owner = torch.arange(2 * pairs, device=batch["last"].device).remainder(pairs)
+    rewards = scores[0][owner, batch["last"], 0].float()
     return rewards[:pairs], rewards[pairs:]
 
 
-class RMWorker(TrainWorker):
+class RMWorker(PairWorker):
     config_class = RMConfig
-
-    def load_data(self) -> tuple[list[PreferencePair], list[PreferencePair]]:
-        self.tokenizer = load_tokenizer(self.config.tokenizer or self.config.model)
-        return load_train_eval(self.config.data, self.tokenizer, self.config.train.seed)
 
     def build_model(self) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification
@@ -32,15 +43,14 @@ class RMWorker(TrainWorker):
         model = AutoModelForSequenceClassification.from_pretrained(self.config.model, num_labels=1,
                                                                    dtype=self.strategy.dtype)
         model.config.pad_token_id = self.tokenizer.pad_token_id
+        if self.config.data.share_prefix and not isinstance(getattr(model, "score", None), torch.nn.Linear):
+            raise AlignError(f"{type(model).__name__} has no `score` head to read per-token rewards from; "
+                             "set data.share_prefix=false")
         return model
-
-    def example_length(self, example: PreferencePair) -> int:
-        return max(len(example.chosen.input_ids), len(example.rejected.input_ids))
 
     def batch_loss(self, examples: list[PreferencePair]):
         n = len(examples)
-        batch = {k: v.to(self.strategy.device) for k, v in pair_batch(examples, self.tokenizer.pad_token_id).items()}
-        chosen, rejected = pair_rewards(self.engine, batch, n)
+        chosen, rejected = pair_rewards(self.engine, self.pair_inputs(examples), n)
         margin = None
         if self.config.reward.use_margin:
             margin = torch.tensor([p.margin for p in examples], device=chosen.device)

@@ -121,7 +121,7 @@ def test_precomputed_reference_under_zero3_gives_the_same_run(on_the_fly, micro_
     row per sequence) vs ZeRO-2 on the fly with chosen and rejected sharing their prefix in one row."""
     output, expected_final = on_the_fly
     final = run_dpo(dpo_config(micro_model, tmp_path / "pre", dpo__precompute_ref_logps=True, strategy__zero_stage=3,
-                               dpo__share_prefix=False))
+                               data__share_prefix=False))
     expected = [row["train/loss"] for row in read_metrics(output)]
     assert [row["train/loss"] for row in read_metrics(tmp_path / "pre")] == pytest.approx(expected, rel=1e-5, abs=1e-6)
     reference = final_weights(expected_final)

@@ -48,6 +48,32 @@ def test_bad_ranking_rows_name_file_and_line(tmp_path):
         RMConfig.model_validate({"model": "m", "output_dir": "o", "data": {"train": "t"}, "reward": {"use_margin": True}})
 
 
+def test_prefix_shared_rows_give_the_rewards_of_separate_rows(micro_model):
+    """Rewards read at each sequence's last token of a prefix-shared row = the model's pooled rewards
+    of one padded row per sequence, in float64."""
+    from transformers import AutoModelForSequenceClassification
+
+    from alignment.models import load_tokenizer
+    from alignment.pair_packing import pack_pairs
+    from alignment.preference_data import load_preference_pairs
+    from reward.train import pair_rewards
+
+    tokenizer = load_tokenizer(micro_model / "model")
+    path = ranking_file(micro_model, count=6)
+    pairs = load_preference_pairs(path, tokenizer, PreferenceDataConfig(train=str(path)))
+    model = AutoModelForSequenceClassification.from_pretrained(str(micro_model / "model"), num_labels=1,
+                                                               dtype=torch.float64).eval()
+    model.config.pad_token_id = tokenizer.pad_token_id
+    with torch.no_grad():
+        padded = pair_rewards(model, pair_batch(pairs, tokenizer.pad_token_id), len(pairs))
+        packed = pair_rewards(model, pack_pairs([(p.chosen, p.rejected) for p in pairs], tokenizer.pad_token_id,
+                                                torch.float64), len(pairs))
+    for expected, got in zip(padded, packed):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+    sequences = {tuple(e.input_ids) for p in pairs for e in (p.chosen, p.rejected)}
+    assert len(set(padded[0].tolist() + padded[1].tolist())) == len(sequences) > len(pairs)  # each scored on its own
+
+
 @pytest.fixture(scope="module")
 def rm_run(micro_model, ray_runtime, tmp_path_factory):
     output = tmp_path_factory.mktemp("rm") / "run"
