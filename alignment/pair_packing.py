@@ -4,8 +4,9 @@ A pair's row holds the chosen sequence, then the rejected tokens after the prefi
 (the prompt, and any identical opening of the responses). Rejected tokens keep their own positions
 and attend to the shared prefix and to themselves, never to chosen's own tokens, so every token
 sees exactly the context it has in its own sequence: log-probabilities equal those of two separate
-rows, with the prefix's forward (and backward) done once. On the tiny task this removes about a
-third of the tokens a padded concatenated batch computes.
+rows, with the prefix's forward (and backward) done once. On the tiny task's pairs a micro-batch of
+8 pairs computes about a quarter fewer tokens than one padded row per sequence (a third with
+length-grouped micro-batches).
 """
 
 from __future__ import annotations

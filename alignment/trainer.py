@@ -87,7 +87,7 @@ class TrainWorker(DistributedWorker):
         ranks with fewer examples repeat one example with weight 0.
         """
         self.engine.eval()
-        mine = self.eval_examples[self.rank :: self.world_size]
+        mine = sorted(self.eval_examples[self.rank :: self.world_size], key=self.example_length)  # less padding
         per_rank = math.ceil(len(self.eval_examples) / self.world_size)
         totals: dict[str, float] = {"loss_sum": 0.0, "units": 0.0}
         for start in range(0, per_rank, self.micro_batch_size):
