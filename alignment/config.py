@@ -235,7 +235,8 @@ class PreferenceDataConfig(Section):
     shuffle: bool = Field(True, description="Shuffle the training order each epoch (seeded).")
     share_prefix: bool = Field(True, description="One row per pair: chosen, then rejected's tokens after their common "
                                "prefix (the prompt), which is computed once (4D attention mask, own positions); false = "
-                               "one padded row per sequence (attention implementations without custom masks).")
+                               "one padded row per sequence (attention implementations without custom masks, or short "
+                               "prompts with long responses, where attention over the whole row costs more than it saves).")
 
 
 class DPOLossConfig(Section):
