@@ -324,3 +324,20 @@ def test_grpo_in_separate_groups_then_a_nan_loss_stops_without_touching_the_last
     rows = read_metrics(output)
     assert rows[1]["kl/sequence"] == 0.0 and rows[1]["policy/ratio"] == pytest.approx(1.0, abs=1e-5)
     assert "critic/loss" not in rows[1] and rows[-1]["step"] >= 2
+
+
+def test_worker_forwards_group_samples_by_length_and_returns_them_in_order():
+    from types import SimpleNamespace
+
+    from alignment.ppo.worker import PPOWorker
+
+    samples = [[7] * n for n in (5, 40, 7, 33, 6, 21, 12, 28, 3)]
+    chunks: list[list[int]] = []
+
+    def outputs(chunk: list[list[int]]) -> list[int]:
+        chunks.append([len(s) for s in chunk])
+        return [len(s) for s in chunk]
+
+    results = PPOWorker._by_length(SimpleNamespace(micro=4), samples, outputs)
+    assert results == [len(s) for s in samples]
+    assert chunks == [[3, 5, 6, 7], [12, 21, 28, 33], [40]]

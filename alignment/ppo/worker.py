@@ -121,6 +121,16 @@ class PPOWorker(BroadcastSender, DistributedWorker):
     def _chunks(self, samples: list) -> list[list]:
         return [samples[i : i + self.micro] for i in range(0, len(samples), self.micro)]
 
+    def _by_length(self, samples: list, outputs, length=len) -> list:
+        """``outputs(chunk)`` over micro-batches of similar ``length`` (less padding); results in the samples' order."""
+        order = sorted(range(len(samples)), key=lambda i: length(samples[i]))
+        results: list = [None] * len(samples)
+        for start in range(0, len(order), self.micro):
+            indices = order[start : start + self.micro]
+            for index, result in zip(indices, outputs([samples[i] for i in indices])):
+                results[index] = result
+        return results
+
     def _device_batch(self, role: Role, samples: list[dict]) -> dict[str, torch.Tensor]:
         device = self.models[role].device
         return {k: v.to(device) for k, v in sequence_tensors(samples, self.tokenizer.pad_token_id).items()}
@@ -132,16 +142,17 @@ class PPOWorker(BroadcastSender, DistributedWorker):
         """Per-response-token outputs: log-probs (actor, reference) or values (critic)."""
         engine = self.models[role].engine
         engine.eval()
-        results: list[list[float]] = []
-        for chunk in self._chunks(samples):
+
+        def outputs(chunk: list[dict]) -> list[list[float]]:
             batch = self._device_batch(role, chunk)
             if role == "critic":
                 out = response_values(engine, batch)
             else:
                 out, _ = response_logprobs(engine, batch, self.config.sampling.temperature)
             lengths = batch["response_mask"].sum(dim=1).long().tolist()
-            results.extend(row[:n].cpu().tolist() for row, n in zip(out, lengths))
-        return results
+            return [row[:n].cpu().tolist() for row, n in zip(out, lengths)]
+
+        return self._by_length(samples, outputs, lambda sample: len(sample["ids"]))
 
     @torch.no_grad()
     def score(self, samples: list[dict]) -> list[float]:
@@ -151,10 +162,8 @@ class PPOWorker(BroadcastSender, DistributedWorker):
         strategy = self.models["reward"]
         ids = encode_conversations(self.reward_tokenizer, [s["prompt"] for s in samples], [s["text"] for s in samples],
                                    self.config.reward.max_length)
-        scores: list[float] = []
-        for chunk in self._chunks(ids):
-            scores.extend(score_token_ids(strategy.engine, chunk, self.reward_tokenizer.pad_token_id, strategy.device))
-        return scores
+        return self._by_length(ids, lambda chunk: score_token_ids(strategy.engine, chunk, self.reward_tokenizer.pad_token_id,
+                                                                  strategy.device))
 
     # ---- training --------------------------------------------------------------------------
 
@@ -172,7 +181,7 @@ class PPOWorker(BroadcastSender, DistributedWorker):
             for start in range(0, len(samples), per_rank):
                 minibatch = [samples[i] for i in order[start : start + per_rank]]
                 result = optimizer_step(
-                    strategy, self._chunks(minibatch), lambda batch: loss(batch, mode, kl_coef),
+                    strategy, self._chunks(sorted(minibatch, key=lambda s: len(s["ids"]))), lambda batch: loss(batch, mode, kl_coef),
                     lambda batch: float(len(batch)) if mode == "sequence" else float(sum(map(response_length, batch))),
                 )
                 for key, value in result.items():
