@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from alignment.cluster.group import DistributedWorker
+from alignment.data import length_balanced_micro_batches
 from alignment.models import load_causal_lm, load_tokenizer
 from alignment.ppo.config import PPOConfig, Role
 from alignment.ppo.experience import pad
@@ -29,8 +30,17 @@ from rollout.weight_broadcast import BroadcastSender
 TRAINED: tuple[Role, ...] = ("actor", "critic")
 
 
+def sample_length(sample: dict) -> int:
+    return len(sample["ids"])
+
+
 def response_length(sample: dict) -> int:
     return len(sample["ids"]) - sample["prompt_len"]
+
+
+def length_chunks(samples: list, length, micro: int) -> list[list[int]]:
+    """Indices of ``samples`` in micro-batches of similar ``length`` (fewer padded positions per forward)."""
+    return length_balanced_micro_batches(range(len(samples)), [length(s) for s in samples], 0, 1, micro)
 
 
 def sequence_tensors(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -118,15 +128,10 @@ class PPOWorker(BroadcastSender, DistributedWorker):
         model.config.pad_token_id = self.reward_tokenizer.pad_token_id
         return model
 
-    def _chunks(self, samples: list) -> list[list]:
-        return [samples[i : i + self.micro] for i in range(0, len(samples), self.micro)]
-
     def _by_length(self, samples: list, outputs, length=len) -> list:
         """``outputs(chunk)`` over micro-batches of similar ``length`` (less padding); results in the samples' order."""
-        order = sorted(range(len(samples)), key=lambda i: length(samples[i]))
         results: list = [None] * len(samples)
-        for start in range(0, len(order), self.micro):
-            indices = order[start : start + self.micro]
+        for indices in length_chunks(samples, length, self.micro):
             for index, result in zip(indices, outputs([samples[i] for i in indices])):
                 results[index] = result
         return results
@@ -152,7 +157,7 @@ class PPOWorker(BroadcastSender, DistributedWorker):
             lengths = batch["response_mask"].sum(dim=1).long().tolist()
             return [row[:n].cpu().tolist() for row, n in zip(out, lengths)]
 
-        return self._by_length(samples, outputs, lambda sample: len(sample["ids"]))
+        return self._by_length(samples, outputs, sample_length)
 
     @torch.no_grad()
     def score(self, samples: list[dict]) -> list[float]:
@@ -180,8 +185,9 @@ class PPOWorker(BroadcastSender, DistributedWorker):
             order = np.random.default_rng([self.config.train.seed, step, epoch, self.rank]).permutation(len(samples))
             for start in range(0, len(samples), per_rank):
                 minibatch = [samples[i] for i in order[start : start + per_rank]]
+                chunks = [[minibatch[i] for i in indices] for indices in length_chunks(minibatch, sample_length, self.micro)]
                 result = optimizer_step(
-                    strategy, self._chunks(sorted(minibatch, key=lambda s: len(s["ids"]))), lambda batch: loss(batch, mode, kl_coef),
+                    strategy, chunks, lambda batch: loss(batch, mode, kl_coef),
                     lambda batch: float(len(batch)) if mode == "sequence" else float(sum(map(response_length, batch))),
                 )
                 for key, value in result.items():
