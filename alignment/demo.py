@@ -109,11 +109,12 @@ def run_demo(config: DemoConfig) -> Path:
     stages = Stages(root)
     settings = config.model_dump()
 
+    # One Ray runtime for every stage, with room for PPO's rollout engine beside its training group.
+    # (Each stage asks for what it needs anyway; this only saves restarting the runtime larger.)
+    start_ray(ClusterConfig(), cpus=4)
     print("[demo] ===== tiny task =====", flush=True)
     tiny = build_tiny(TinyBuildConfig())
     base = tiny / "base"
-    # One Ray runtime for every stage, with room for a rollout engine beside a training group.
-    start_ray(ClusterConfig(), extra_cpus=2)
 
     db_url = f"sqlite:///{root / 'labels.db'}"
     pairs = root / "pairs.jsonl"

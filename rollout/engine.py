@@ -27,8 +27,8 @@ from rollout.config import RolloutConfig, SamplingConfig, sampling_config
 
 log = logging.getLogger(__name__)
 
-# A prompt is text, chat messages [{"role", "content"}, ...] (the tokenizer's chat template is applied),
-# or token ids.
+# A prompt is text (TRL's standard format: tokenised as is, with the tokenizer's special tokens, no
+# template), chat messages [{"role", "content"}, ...] (the chat template is applied), or token ids.
 Prompt = str | list[dict[str, str]] | list[int]
 
 
@@ -55,6 +55,9 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[Prompt], max_model_len: int
         elif isinstance(prompt, list) and all(isinstance(token, int) for token in prompt):
             ids = list(prompt)
         elif isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
+            if not getattr(tokenizer, "chat_template", None):
+                raise AlignError(f"prompt {index} is a chat, but the tokenizer of {tokenizer.name_or_path} has no chat "
+                                 "template: set chat_template (e.g. chatml or a Jinja file), or give text prompts")
             ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
         else:
             raise AlignError(f"prompt {index} is neither text, chat messages nor token ids: {str(prompt)[:80]!r}")
@@ -127,22 +130,22 @@ def engine_class(backend: str) -> type:
 class RolloutEngines:
     """Driver-side handle on ``config.num_engines`` engine actors of one backend."""
 
-    def __init__(self, model: str, config: RolloutConfig, tokenizer: str | None = None, wait: bool = True) -> None:
+    def __init__(self, model: str, config: RolloutConfig, tokenizer: str | None = None, wait: bool = True,
+                 chat_template: str | None = None) -> None:
         """Start the engine actors; with ``wait=False`` return at once and call :meth:`wait_ready` later
-        (the PPO job starts its model groups meanwhile)."""
+        (the PPO job starts its model groups meanwhile). Chat prompts are rendered here, by the tokenizer's
+        template or ``chat_template`` (a built-in name or a Jinja file); engines receive token ids."""
         import ray
-        from transformers import AutoTokenizer
+
+        from alignment.models import load_tokenizer
 
         if not os.path.isdir(model):
             raise AlignError(f"model directory {model} does not exist")
         if not ray.is_initialized():
-            from alignment.cluster.runtime import start_ray
-            from alignment.config import ClusterConfig
-
-            start_ray(ClusterConfig())
+            raise AlignError("RolloutEngines needs a running Ray runtime: call alignment.cluster.runtime.start_ray first")
         self.config = config
         self.model = model
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
+        self.tokenizer = load_tokenizer(tokenizer or model, chat_template)
         remote_cls = ray.remote(engine_class(config.backend))
         self.names = [f"rollout-{config.backend}-{i}-{os.getpid()}-{id(self) % 10000}" for i in range(config.num_engines)]
         self.started = time.perf_counter()

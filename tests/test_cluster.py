@@ -50,3 +50,38 @@ def test_group_spread_over_two_nodes_trains_like_one_process(two_node_cluster, m
     expected, _ = plain_pytorch_losses(config)
     assert [row["train/loss"] for row in read_metrics(tmp_path / "run")] == pytest.approx(expected, rel=1e-5)
     assert len(ray.nodes()) == 2
+
+
+@pytest.mark.slow
+def test_a_later_job_in_the_same_process_gets_the_cpus_it_asks_for(ray_runtime, micro_model, tmp_path):
+    """`align demo`'s situation: a training job starts Ray sized for itself, then a job that needs more
+    logical CPUs (here one engine wanting more than this machine's cores) runs in the same process."""
+    import os
+
+    import ray
+
+    from alignment.cluster.runtime import start_ray, stop_ray
+    from alignment.jobs.generate import GenerateConfig, generate_to_file
+
+    stop_ray()
+    config = sft_config(micro_model, tmp_path / "sft", train__max_steps=1, train__eval_every=1, train__save_every=1)
+    final = run_sft(config)
+    assert ray.cluster_resources()["CPU"] == max(os.cpu_count(), 2)
+
+    wanted = os.cpu_count() + 1
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(f'{{"prompt": "Review film {i}."}}\n' for i in range(3)))
+    generate_to_file(GenerateConfig(
+        checkpoints=[str(final)], prompts=str(prompts), output=str(tmp_path / "out.jsonl"), progress=False,
+        rollout={"backend": "hf", "num_engines": 1, "cpus_per_engine": wanted, "start_timeout_s": 120},
+        sampling={"n": 1, "max_tokens": 4, "seed": 0}))
+    assert ray.cluster_resources()["CPU"] >= wanted
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 3
+
+    # A runtime whose actors are still running is never restarted under them: a clear error instead.
+    group = ActorGroup(DistributedWorker, ClusterConfig(), name="still-running")
+    try:
+        with pytest.raises(AlignError, match="still running"):
+            start_ray(ClusterConfig(), cpus=wanted + 1)
+    finally:
+        group.shutdown()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from alignment.config import ClusterConfig, Section
+from alignment.config import CHAT_TEMPLATE_HELP, ClusterConfig, Section
 from alignment.jobs import config_job
 from rollout.config import RolloutConfig, SamplingConfig
 
@@ -15,6 +15,7 @@ class GenerateConfig(Section):
     checkpoints: list[str] = Field(..., min_length=1, description="Local Hugging Face model directories, generated from one after another.")
     prompts: str = Field(..., description="JSONL file of prompts: text, chat messages or token ids under `prompt_field`.")
     prompt_field: str = Field("prompt", description="Column holding each row's prompt.")
+    chat_template: str | None = Field(None, description=CHAT_TEMPLATE_HELP)
     max_prompts: int | None = Field(None, ge=1, description="Use only the first N prompts.")
     output: str = Field(..., description="JSONL file to write (one row per prompt, checkpoint and sample).")
     batch_size: int = Field(64, ge=1, description="Prompts per generate call (the progress bar advances per batch).")
@@ -52,6 +53,16 @@ def read_prompts(config: GenerateConfig) -> list:
     return prompts
 
 
+def check_prompt_templates(prompts: list, checkpoints: list[str], chat_template: str | None, source: str) -> None:
+    """Chat prompts need a chat template in every checkpoint (or ``chat_template``): checked before any engine starts."""
+    from alignment.chat_templates import require_chat_template
+
+    chats = sum(isinstance(p, list) and bool(p) and all(isinstance(m, dict) for m in p) for p in prompts)
+    if chats:
+        for checkpoint in checkpoints:
+            require_chat_template(checkpoint, chat_template, f"{source} ({chats} of {len(prompts)} prompts)")
+
+
 def generate_to_file(config: GenerateConfig) -> dict[str, float]:
     """Run every checkpoint over the prompts; returns tokens/s per checkpoint."""
     import json
@@ -67,9 +78,10 @@ def generate_to_file(config: GenerateConfig) -> dict[str, float]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     log = logging.getLogger("align.generate")
     prompts = read_prompts(config)
+    check_prompt_templates(prompts, config.checkpoints, config.chat_template, config.prompts)
     output = Path(config.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    start_ray(config.cluster)
+    start_ray(config.cluster, cpus=config.rollout.num_engines * config.rollout.cpus_per_engine)
     speeds = {}
     engines = None
     try:
@@ -82,7 +94,7 @@ def generate_to_file(config: GenerateConfig) -> dict[str, float]:
                 else:
                     if engines is not None:
                         engines.shutdown()
-                    engines = RolloutEngines(checkpoint, config.rollout)
+                    engines = RolloutEngines(checkpoint, config.rollout, chat_template=config.chat_template)
                 tokens, started = 0, time.perf_counter()
                 bar = tqdm(total=len(prompts), desc=Path(checkpoint).name, unit="prompt", disable=not config.progress)
                 for offset in range(0, len(prompts), config.batch_size):

@@ -139,6 +139,24 @@ def load_prompts(path: str, field: str, tokenizer, room: int, max_model_len: int
     return prompts, ids
 
 
+def check_prompt_templates(config: PPOConfig) -> None:
+    """Chat prompts need a chat template for the policy (and for the reward model, which reads the
+    conversation): ``chat_template`` or the tokenizer's own; checked before any worker or engine starts."""
+    from alignment.chat_templates import require_chat_template
+    from alignment.data import is_messages, read_records
+
+    for path in (config.data.train, config.data.eval):
+        if not path:
+            continue
+        rows = read_records(path)
+        chats = sum(is_messages(row.get(config.data.prompt_field)) for row in rows)
+        if chats:
+            source = f"{path} ({chats} of {len(rows)} prompts)"
+            require_chat_template(config.tokenizer or config.model, config.chat_template, source)
+            if config.reward.model:
+                require_chat_template(config.reward.model, config.chat_template, source)
+
+
 def check_ppo_inputs(config: PPOConfig) -> None:
     from alignment.models import check_model_dir
     from reward.functions import load_reward_function
@@ -151,6 +169,7 @@ def check_ppo_inputs(config: PPOConfig) -> None:
     for path in (config.data.train, config.data.eval):
         if path and not Path(path).exists():
             raise AlignError(f"prompt data {path} does not exist")
+    check_prompt_templates(config)
     for spec in [*config.reward.functions, *([config.reward.gold] if config.reward.gold else [])]:
         load_reward_function(spec)
 
@@ -193,8 +212,10 @@ class PPOJob:
 
         cfg, algo = self.config, self.config.algorithm
         with self.timer.phase("startup"):
-            start_ray(cfg.cluster, extra_cpus=cfg.rollout.num_engines * cfg.rollout.cpus_per_engine)
-            self.engines = RolloutEngines(cfg.model, cfg.rollout, tokenizer=cfg.tokenizer, wait=False)
+            groups = cfg.cluster.num_workers * cfg.cluster.cpus_per_worker  # colocated groups share their bundles
+            start_ray(cfg.cluster, cpus=groups + cfg.rollout.num_engines * cfg.rollout.cpus_per_engine)
+            self.engines = RolloutEngines(cfg.model, cfg.rollout, tokenizer=cfg.tokenizer, wait=False,
+                                          chat_template=cfg.chat_template)
             room, limit = cfg.sampling.max_tokens, cfg.rollout.max_model_len
             self.prompts, self.prompt_ids = load_prompts(cfg.data.train, cfg.data.prompt_field, self.engines.tokenizer, room, limit)
             self.eval_prompts, self.eval_ids = [], []
