@@ -157,9 +157,10 @@ def run_compare(config: CompareConfig) -> Path:
     """The whole comparison; returns the path of report.html."""
     from alignment.compare_report import write_report
     from alignment.jobs.generate import GenerateConfig, read_prompts
+    from alignment.logs import open_job_log
     from alignment.tracking import PhaseTimer
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    open_job_log(config.output)
     timer, started = PhaseTimer(), time.perf_counter()
     names = config.names or short_names(config.checkpoints)
     reference = config.reference or config.checkpoints[0]

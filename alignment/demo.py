@@ -100,6 +100,7 @@ def run_demo(config: DemoConfig) -> Path:
     """Run (or reuse) every stage; returns the comparison report."""
     from alignment.cluster.runtime import start_ray
     from alignment.config import ClusterConfig, DPOConfig, RMConfig
+    from alignment.logs import open_job_log
     from alignment.ppo.config import PPOConfig
     from alignment.tiny.build import TinyBuildConfig, build_tiny
 
@@ -111,6 +112,7 @@ def run_demo(config: DemoConfig) -> Path:
 
     # One Ray runtime for every stage, with room for PPO's rollout engine beside its training group.
     # (Each stage asks for what it needs anyway; this only saves restarting the runtime larger.)
+    open_job_log(root, pin=True)  # one library log for every stage
     start_ray(ClusterConfig(), cpus=4)
     print("[demo] ===== tiny task =====", flush=True)
     tiny = build_tiny(TinyBuildConfig())

@@ -21,6 +21,7 @@ from alignment.checkpoint import CheckpointManager, check_output_dir
 from alignment.cluster.group import ActorGroup, DistributedWorker
 from alignment.config import dump_config
 from alignment.errors import AlignError
+from alignment.logs import open_job_log
 from alignment.strategy import DeepSpeedStrategy
 from alignment.tracking import PhaseTimer, Tracker
 
@@ -211,6 +212,7 @@ def run_training(config: Any, worker_cls: type[TrainWorker], resume: bool = Fals
     from alignment.data import StepSampler
 
     output_dir = check_output_dir(config.output_dir)
+    open_job_log(output_dir)
     checkpoints = CheckpointManager(output_dir, keep=config.train.keep_checkpoints)
     resume_from = checkpoints.latest() if resume else None
     if resume and resume_from is None:

@@ -43,7 +43,9 @@ def generate_candidates(prompts_file: str, checkpoints: list[str], samples: int 
                         max_tokens: int = 64, temperature: float = 1.0, seed: int = 0,
                         backend: str = "vllm") -> list[dict[str, Any]]:
     """Sample ``samples`` responses per prompt from every checkpoint; return import records."""
+    from alignment.config import align_home
     from alignment.jobs.generate import GenerateConfig, generate_to_file
+    from alignment.logs import open_job_log
     from alignment.models import check_model_dir
 
     count = len(checkpoints) * samples
@@ -51,6 +53,9 @@ def generate_candidates(prompts_file: str, checkpoints: list[str], samples: int 
         raise AlignError(f"checkpoints x samples must give 2 to {MAX_CANDIDATES} candidates per prompt, got {count}")
     for checkpoint in checkpoints:  # every path is checked before any generation starts
         check_model_dir(checkpoint)
+    # The samples go to a scratch file, so the libraries log to $ALIGN_HOME/logs/label-generate
+    # (unless this is part of a run that already keeps one, such as the demo).
+    open_job_log(align_home() / "logs" / "label-generate")
     with tempfile.TemporaryDirectory() as scratch:
         output = Path(scratch) / "samples.jsonl"
         config = GenerateConfig(

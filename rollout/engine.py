@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from alignment.errors import AlignError
+from alignment.logs import actor_log_file
 from rollout.config import RolloutConfig, SamplingConfig, sampling_config
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ class RolloutEngines:
         self.engines = [
             remote_cls.options(
                 name=name, num_cpus=config.cpus_per_engine, num_gpus=config.gpus_per_engine, max_restarts=0
-            ).remote(model, tokenizer or model, config.model_dump(), index)
+            ).remote(model, tokenizer or model, config.model_dump(), index, actor_log_file())
             for index, name in enumerate(self.names)
         ]
         self.info: list[dict[str, Any]] = []
@@ -297,7 +298,7 @@ class RolloutEngines:
                             [sender_name] * len(sender) + self._labels(self.names))
         seconds = time.perf_counter() - started
         self.last_sync = {"seconds": seconds, "load_s": max(results[len(sender):])}
-        log.info("rollout: weight broadcast to %d engine(s) in %.3f s (load %.3f)", len(self.engines), seconds,
+        log.debug("rollout: weight broadcast to %d engine(s) in %.3f s (load %.3f)", len(self.engines), seconds,
                  self.last_sync["load_s"])
         return seconds
 

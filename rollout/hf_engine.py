@@ -11,6 +11,7 @@ import os
 import time
 from typing import Any
 
+from alignment.logs import redirect_actor_output
 from rollout.config import RolloutConfig, SamplingConfig, prompt_seed
 from rollout.weight_broadcast import BroadcastReceiver
 
@@ -18,7 +19,9 @@ from rollout.weight_broadcast import BroadcastReceiver
 class HFEngine(BroadcastReceiver):
     """One transformers causal LM answering token-id prompts (one left-padded batch per call)."""
 
-    def __init__(self, model: str, tokenizer: str, config: dict[str, Any], engine_index: int) -> None:
+    def __init__(self, model: str, tokenizer: str, config: dict[str, Any], engine_index: int,
+                 log_file: str | None = None) -> None:
+        redirect_actor_output(log_file)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -17,6 +17,7 @@ import os
 import time
 from typing import Any
 
+from alignment.logs import redirect_actor_output
 from alignment.runtime_env import has_cuda
 from rollout.config import RolloutConfig, SamplingConfig, prompt_seed
 from rollout.engine import default_core_binding
@@ -40,7 +41,9 @@ def repack_tied_lm_head(worker: Any) -> None:
 class VLLMEngine(BroadcastReceiver):
     """One ``vllm.LLM`` (in-process) answering token-id prompts."""
 
-    def __init__(self, model: str, tokenizer: str, config: dict[str, Any], engine_index: int) -> None:
+    def __init__(self, model: str, tokenizer: str, config: dict[str, Any], engine_index: int,
+                 log_file: str | None = None) -> None:
+        redirect_actor_output(log_file)
         cfg = RolloutConfig.model_validate(config)
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         self.cuda = has_cuda()

@@ -1,22 +1,35 @@
-"""`align demo` (slow): the whole loop on the tiny task within 20 minutes, both aligned models beat the base."""
+"""`make demo` (slow): the whole loop from nothing within 20 minutes, quietly; both aligned models beat the base."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
 
-from tests.conftest import ALIGN, REPO, subprocess_env
+from tests.conftest import REPO, subprocess_env
 from tests.test_tiny_preferences import preference_accuracy
 
 
 @pytest.mark.slow
-def test_demo_runs_the_loop_in_time_and_both_aligned_models_beat_the_base(tiny_task, tiny_prefs, tmp_path):
-    output = tmp_path / "demo"
-    command = [*ALIGN, "demo", f"output_dir={output}"]
-    result = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=1500)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_demo_runs_the_loop_in_time_and_both_aligned_models_beat_the_base(tiny_prefs, tmp_path):
+    """Exactly the README's first command, as a newcomer runs it: `make demo` with an empty ALIGN_HOME,
+    so the tiny task is built inside the demo (in the same process as every later stage)."""
+    home = tmp_path / "home"
+    env = {**subprocess_env(), "ALIGN_HOME": str(home)}
+    env.pop("ALIGN_VERBOSE", None)
+    result = subprocess.run(["make", "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    output = home / "demo"
+    assert "[demo] ===== tiny task =====" in result.stdout and (home / "tiny" / "base").is_dir()
+    console = (result.stdout + result.stderr).splitlines()
+    chatter = [line for line in console if re.search(r"\bINFO\b", line)]
+    assert not chatter, chatter[:5]  # vLLM's, Ray's and DeepSpeed's INFO lines go to the log file
+    library_log = output / "logs" / "libraries.log"
+    assert f"library logs (vLLM, Ray, DeepSpeed): {library_log}" in result.stdout
+    assert "INFO" in library_log.read_text()
+
     summary = json.loads((output / "summary.json").read_text())
     metrics = json.loads((output / "compare" / "metrics.json").read_text())
     gold = {name: m["scores"]["gold"]["mean"] for name, m in metrics["checkpoints"].items()}
@@ -29,7 +42,8 @@ def test_demo_runs_the_loop_in_time_and_both_aligned_models_beat_the_base(tiny_t
         assert wins[name]["ci_low"] > 0.5, name  # the whole 95% interval above a coin flip
     assert wins["dpo"]["rate"] >= 0.70
     held_out = tiny_prefs / "pairs_eval.jsonl"  # rankings by the noiseless judge, prompts never annotated
-    before, after = preference_accuracy(tiny_task / "base", held_out), preference_accuracy(output / "dpo" / "final", held_out)
+    before = preference_accuracy(home / "tiny" / "base", held_out)
+    after = preference_accuracy(output / "dpo" / "final", held_out)
     print(f"held-out preference accuracy {before:.3f} -> {after:.3f}")
     assert after > before
     assert (output / "compare" / "report.html").is_file()
@@ -37,7 +51,7 @@ def test_demo_runs_the_loop_in_time_and_both_aligned_models_beat_the_base(tiny_t
     assert len(pairs) > 500 and {"prompt", "chosen", "rejected"} <= json.loads(pairs[0]).keys()
     assert "align label serve --db sqlite:///" in result.stdout
 
-    again = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    again = subprocess.run(["make", "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     for stage in ("label", "reward model", "dpo", "ppo", "compare"):
         assert f"[demo] {stage}: cached" in again.stdout, stage

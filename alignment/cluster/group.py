@@ -19,6 +19,7 @@ from typing import Any
 
 from alignment.config import ClusterConfig
 from alignment.errors import AlignError
+from alignment.logs import actor_log_file, adopt_library_loggers, redirect_actor_output
 
 
 def free_address() -> tuple[str, int]:
@@ -34,7 +35,8 @@ def free_address() -> tuple[str, int]:
 class DistributedWorker:
     """Base class of every rank: knows its rank and joins the process group on request."""
 
-    def __init__(self, rank: int, world_size: int, threads: int) -> None:
+    def __init__(self, rank: int, world_size: int, threads: int, log_file: str | None = None) -> None:
+        redirect_actor_output(log_file)
         self.rank = rank
         self.world_size = world_size
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -58,6 +60,8 @@ class DistributedWorker:
         )
         import deepspeed
         from deepspeed.accelerator import get_accelerator
+
+        adopt_library_loggers()  # DeepSpeed adds its own console handler at import
 
         # The shared-memory all-reduce op is only used for inference and costs a 45-90 s build.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -121,7 +125,7 @@ class ActorGroup:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=self.placement_group, placement_group_bundle_index=rank
                 ),
-            ).remote(rank, self.size, threads)
+            ).remote(rank, self.size, threads, actor_log_file())
             for rank in range(self.size)
         ]
         master_addr, master_port = self._get([self.workers[0].address.remote()])[0]

@@ -12,6 +12,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, resumable: bool = True
     parser.add_argument("--config", "-c", help="YAML config file")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=1e-5")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="show the libraries' logs (vLLM, Ray, DeepSpeed) on the console, not only in the log file")
     if resumable:
         parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
 
@@ -33,7 +35,9 @@ def config_job(subparsers, name: str, help: str, description: str, schema: str, 
 
     def run(args: argparse.Namespace) -> int:
         from alignment.config import dump_config, load_config
+        from alignment.logs import set_verbose
 
+        set_verbose(args.verbose)
         config = load_config(_resolve(schema), args.config, args.overrides)
         if args.print_config:
             print(dump_config(config), end="")

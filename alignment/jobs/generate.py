@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     config_job(
         subparsers, "generate", help="Batch generation from checkpoints over a prompt file to JSONL",
         description="Generate completions with vLLM (or transformers) engines in Ray actors.",
-        schema="alignment.jobs.generate:GenerateConfig", runner="alignment.jobs.generate:generate_to_file", resumable=False,
+        schema="alignment.jobs.generate:GenerateConfig", runner="alignment.jobs.generate:run_generate", resumable=False,
     )
 def read_prompts(config: GenerateConfig) -> list:
     import json
@@ -63,6 +63,16 @@ def check_prompt_templates(prompts: list, checkpoints: list[str], chat_template:
             require_chat_template(checkpoint, chat_template, f"{source} ({chats} of {len(prompts)} prompts)")
 
 
+def run_generate(config: GenerateConfig) -> dict[str, float]:
+    """`align generate`: the libraries log next to the output file; then :func:`generate_to_file`."""
+    from pathlib import Path
+
+    from alignment.logs import open_job_log
+
+    open_job_log(Path(config.output).expanduser().parent)
+    return generate_to_file(config)
+
+
 def generate_to_file(config: GenerateConfig) -> dict[str, float]:
     """Run every checkpoint over the prompts; returns tokens/s per checkpoint."""
     import json
@@ -75,7 +85,6 @@ def generate_to_file(config: GenerateConfig) -> dict[str, float]:
     from alignment.cluster.runtime import start_ray
     from rollout.engine import RolloutEngines
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     log = logging.getLogger("align.generate")
     prompts = read_prompts(config)
     check_prompt_templates(prompts, config.checkpoints, config.chat_template, config.prompts)

@@ -23,6 +23,7 @@ from alignment.checkpoint import CheckpointManager, check_output_dir
 from alignment.cluster.group import ActorGroup
 from alignment.config import dump_config
 from alignment.errors import AlignError
+from alignment.logs import open_job_log
 from alignment.ppo.config import PPOConfig, Role
 from alignment.ppo.experience import (
     Rollout,
@@ -183,6 +184,7 @@ class PPOJob:
         check_ppo_inputs(config)
         self.config = cfg = config
         self.output_dir = check_output_dir(cfg.output_dir)
+        open_job_log(self.output_dir)
         self.checkpoints = CheckpointManager(self.output_dir, keep=cfg.train.keep_checkpoints)
         self.resume_from = self.checkpoints.latest() if resume else None
         if resume and self.resume_from is None:
