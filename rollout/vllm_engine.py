@@ -19,8 +19,7 @@ from typing import Any
 
 from alignment.logs import redirect_actor_output
 from alignment.runtime_env import has_cuda
-from rollout.config import RolloutConfig, SamplingConfig, prompt_seed
-from rollout.engine import default_core_binding
+from rollout.config import RolloutConfig, SamplingConfig, default_core_binding, prompt_seed
 from rollout.weight_broadcast import BroadcastReceiver
 
 

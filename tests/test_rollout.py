@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from alignment.errors import AlignError
-from rollout.config import RolloutConfig, sampling_config
-from rollout.engine import default_core_binding, encode_prompts, split_contiguous
+from rollout.config import RolloutConfig, default_core_binding, sampling_config
+from rollout.engine import encode_prompts, split_contiguous
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_TOKENS = 24
