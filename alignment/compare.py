@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, model_validator
 
-from alignment.config import ClusterConfig, Section
+from alignment.config import CHAT_TEMPLATE_HELP, ClusterConfig, Section
 from alignment.errors import AlignError
 from alignment.stats import bootstrap_ci
 from rollout.config import RolloutConfig, SamplingConfig
@@ -51,6 +51,7 @@ class CompareConfig(Section):
     reference: str | None = Field(None, description="Model the KL is measured against; None uses the first checkpoint.")
     prompts: str = Field(..., description="JSONL file of prompts: text or chat messages under `prompt_field`.")
     prompt_field: str = Field("prompt", description="Column holding each row's prompt.")
+    chat_template: str | None = Field(None, description=CHAT_TEMPLATE_HELP + " Reward models keep their own template; this one fills in where they have none.")
     max_prompts: int | None = Field(None, ge=1, description="Use only the first N prompts.")
     gold: str | None = Field(None, description="Gold judge, a reward function as package.module:function (score name `gold`).")
     reward_functions: list[str] = Field(default_factory=list, description="Reward functions (package.module:function) scoring response texts.")
@@ -137,20 +138,31 @@ def build_scorers(config: CompareConfig) -> list[Scorer]:
         scorers.append(Scorer(name, kind, spec, load_reward_function(spec)))
     for path, name in zip(config.reward_models, short_names(config.reward_models)):
         check_model(path, "reward model")
-        scorers.append(Scorer(f"rm:{name}", "reward_model", path, _reward_model_scorer(path, config.score_batch_size)))
+        scorers.append(Scorer(f"rm:{name}", "reward_model", path,
+                              _reward_model_scorer(path, config.score_batch_size, config.chat_template)))
     names = [s.name for s in scorers]
     if len(set(names)) != len(names):
         raise AlignError(f"two scores share a name in {names}: reward functions need different function names")
     return scorers
 
 
-def _reward_model_scorer(path: str, batch_size: int) -> Callable[[Sequence[Any], Sequence[str]], list[float]]:
+def _reward_model_scorer(path: str, batch_size: int,
+                         chat_template: str | None = None) -> Callable[[Sequence[Any], Sequence[str]], list[float]]:
     def score(prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
         from reward.model import RewardScorer
 
-        return RewardScorer(path, batch_size=batch_size).score(prompts, responses)
+        return RewardScorer(path, batch_size=batch_size, chat_template=chat_template).score(prompts, responses)
 
     return score
+
+
+def check_compare_templates(prompts: Sequence[Any], config: CompareConfig) -> None:
+    """Chat prompts need a template in every checkpoint and every reward model (or ``chat_template``);
+    checked before any engine starts. The reference only scores token ids the checkpoints' tokenizers made."""
+    from alignment.jobs.generate import check_prompt_templates
+
+    models = [*config.checkpoints, *config.reward_models]
+    check_prompt_templates(list(prompts), list(dict.fromkeys(models)), config.chat_template, config.prompts)
 
 
 def run_compare(config: CompareConfig) -> Path:
@@ -167,7 +179,7 @@ def run_compare(config: CompareConfig) -> Path:
     output = Path(config.output)
     generate_config = GenerateConfig(
         checkpoints=config.checkpoints, prompts=config.prompts, prompt_field=config.prompt_field,
-        max_prompts=config.max_prompts, output=str(output / "samples.tmp.jsonl"), batch_size=config.batch_size,
+        chat_template=config.chat_template, max_prompts=config.max_prompts, output=str(output / "samples.tmp.jsonl"), batch_size=config.batch_size,
         rollout=config.rollout, sampling=config.sampling, cluster=config.cluster, progress=config.progress,
     )
     with timer.phase("check"):
@@ -177,6 +189,7 @@ def run_compare(config: CompareConfig) -> Path:
         check_same_vocabulary(reference, config.checkpoints)
         scorers = build_scorers(config)
         prompts = read_prompts(generate_config)
+        check_compare_templates(prompts, config)
     log.info("compare: %d checkpoints x %d prompts x %d samples; scores %s; KL against %s",
              len(names), len(prompts), config.sampling.n, [s.name for s in scorers] or "none", reference)
     output.mkdir(parents=True, exist_ok=True)
@@ -255,7 +268,8 @@ def add_kl(records: list[dict[str, Any]], prompts: Sequence[Any], config: Compar
     examples = {}
     for name, checkpoint in zip(names, config.checkpoints):
         # The prompt ids the engine generated from (RolloutEngines encodes with the checkpoint's tokenizer).
-        prompt_ids = encode_prompts(load_tokenizer(checkpoint), prompts, config.rollout.max_model_len)
+        prompt_ids = encode_prompts(load_tokenizer(checkpoint, config.chat_template), prompts,
+                                    config.rollout.max_model_len)
         examples[name] = [
             TokenizedExample(prompt_ids[r["prompt_index"]] + r["token_ids"],
                              [IGNORE_INDEX] * len(prompt_ids[r["prompt_index"]]) + r["token_ids"])

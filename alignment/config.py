@@ -22,6 +22,11 @@ def align_home() -> Path:
     return Path(os.environ.get("ALIGN_HOME") or Path.home() / ".cache" / "align").expanduser()
 
 
+CHAT_TEMPLATE_HELP = ("Chat template for conversational (message-list) data: a built-in name ('chatml') or a Jinja "
+                      "file; None uses the tokenizer's own. Saved with the tokenizer. Plain-text rows need none.")
+CHAT_TEMPLATE_FIELD = Field(None, description=CHAT_TEMPLATE_HELP)
+
+
 class Section(BaseModel):
     """Base for every config section: unknown keys are errors, not silently ignored."""
 
@@ -101,6 +106,7 @@ class SFTConfig(Section):
 
     model: str = Field(..., description="Local Hugging Face model directory to fine-tune.")
     tokenizer: str | None = Field(None, description="Tokenizer directory; None uses the model's.")
+    chat_template: str | None = CHAT_TEMPLATE_FIELD
     output_dir: str = Field(..., description="Where checkpoints, the final model and metrics go.")
     data: DataConfig = Field(..., description="Training and held-out data.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Batching, steps, evaluation and checkpoints.")
@@ -255,6 +261,7 @@ class DPOConfig(Section):
 
     model: str = Field(..., description="Local Hugging Face model directory to train (the policy).")
     tokenizer: str | None = Field(None, description="Tokenizer directory; None uses the model's.")
+    chat_template: str | None = CHAT_TEMPLATE_FIELD
     output_dir: str = Field(..., description="Where checkpoints, the final model and metrics go.")
     data: PreferenceDataConfig = Field(..., description="Preference pairs or rankings.")
     dpo: DPOLossConfig = Field(default_factory=DPOLossConfig, description="Loss type and its parameters.")
@@ -280,6 +287,7 @@ class RMConfig(Section):
 
     model: str = Field(..., description="Local Hugging Face causal-LM directory for the backbone.")
     tokenizer: str | None = Field(None, description="Tokenizer directory; None uses the model's.")
+    chat_template: str | None = CHAT_TEMPLATE_FIELD
     output_dir: str = Field(..., description="Where checkpoints, the final reward model and metrics go.")
     data: PreferenceDataConfig = Field(..., description="Preference pairs or rankings.")
     reward: RewardLossConfig = Field(default_factory=RewardLossConfig, description="Loss options.")

@@ -1,4 +1,10 @@
-"""Datasets: reading records, chat-template tokenisation with response-only labels, batching.
+"""Datasets: reading records, tokenisation with response-only labels, batching.
+
+Rows come in TRL's two formats. *Standard*: every field plain text (``prompt``/``completion``,
+``prompt``/``chosen``/``rejected``, a text ``prompt``); prompt and response are joined as text, no
+chat template (:func:`tokenize_standard`). *Conversational*: ``messages``, or any field a list of
+{role, content} messages; the conversation is rendered by the chat template, and text fields of such
+a row become one user (prompt) or assistant (response) turn (:func:`tokenize_sft`).
 
 Records come from JSONL, JSON, Parquet or a local ``datasets`` directory. A malformed row
 stops with the file and line (JSONL) or row number, before any training starts.
@@ -86,7 +92,33 @@ class TokenizedExample:
     labels: list[int]  # IGNORE_INDEX where no loss is taken (prompt, padding)
 
 
-def _as_messages(row: dict[str, Any], messages_field: str, prompt_field: str, completion_field: str):
+def is_messages(value: Any) -> bool:
+    """Whether ``value`` is a conversation: a non-empty list of {role, content} dicts (TRL's conversational format)."""
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(m, dict) and "role" in m and "content" in m for m in value))
+
+
+@dataclass
+class TextPair:
+    """A row in TRL's *standard* format: a prompt and a response, both plain text, joined with no template."""
+
+    prompt: str
+    completion: str
+
+
+def as_messages(value: Any, role: str, field: str) -> list[dict[str, Any]]:
+    """A field of a conversational row as messages: text becomes one ``role`` turn, a message list is kept."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if is_messages(value):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    raise ValueError(f"field {field!r} must be text or a non-empty list of {{role, content}} messages")
+
+
+def sft_row(row: dict[str, Any], messages_field: str, prompt_field: str,
+            completion_field: str) -> list[dict[str, Any]] | TextPair:
+    """One SFT row as a conversation (``messages``, or a prompt/completion where either is a message list)
+    or as a :class:`TextPair` (prompt and completion both text: TRL's standard format); ValueError if malformed."""
     if messages_field in row:
         messages = row[messages_field]
         if not isinstance(messages, list) or not messages:
@@ -103,17 +135,64 @@ def _as_messages(row: dict[str, Any], messages_field: str, prompt_field: str, co
             f"row has neither {messages_field!r} nor {prompt_field!r}/{completion_field!r} (missing {missing})"
         )
     prompt, completion = row[prompt_field], row[completion_field]
-    if isinstance(prompt, list):  # conversational prompt
-        return [*prompt, {"role": "assistant", "content": str(completion)}]
-    return [{"role": "user", "content": str(prompt)}, {"role": "assistant", "content": str(completion)}]
+    if isinstance(prompt, list) or isinstance(completion, list):  # conversational prompt and/or completion
+        return [*as_messages(prompt, "user", prompt_field), *as_messages(completion, "assistant", completion_field)]
+    if not isinstance(prompt, str) or not isinstance(completion, str):
+        raise ValueError(f"fields {prompt_field!r} and {completion_field!r} must be text or lists of {{role, content}} messages")
+    return TextPair(prompt, completion)
+
+
+def _require_template(tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"the tokenizer of {getattr(tokenizer, 'name_or_path', '?')} has no chat template to render "
+                         "chat messages: set chat_template (e.g. chatml or a Jinja file), or give plain-text rows")
 
 
 def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
     """Token ids of ``messages`` under the tokenizer's chat template."""
+    _require_template(tokenizer)
     ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
     if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
         ids = ids["input_ids"]
     return list(ids)
+
+
+def common_prefix_length(ids: Sequence[int], other: Sequence[int]) -> int:
+    """Leading tokens two sequences share."""
+    count = 0
+    for a, b in zip(ids, other):
+        if a != b:
+            break
+        count += 1
+    return count
+
+
+def tokenize_standard(tokenizer, prompt: str, completion: str, max_length: int) -> TokenizedExample:
+    """A standard-format (plain text) prompt and response, tokenised as TRL 1.16 does, no chat template.
+
+    As TRL's SFTTrainer, DPOTrainer and RewardTrainer: the EOS token is appended to the response text
+    unless it already ends with it; ``prompt`` and ``prompt + response`` are tokenised as text with the
+    tokenizer's special tokens (``tokenizer(text)``: a BOS when the tokenizer adds one, as Llama's does);
+    the response (the loss tokens) starts where the two id sequences diverge (TRL's
+    ``common_prefix_length``), normally right after the prompt. One difference: TRL's DPOTrainer cuts
+    both responses of a pair at the shorter of their two divergence points; here each response is cut
+    at its own (they differ only when a token merges across the prompt/response boundary).
+    """
+    eos = tokenizer.eos_token
+    if eos and not completion.endswith(eos):
+        completion += eos
+    prompt_ids = list(tokenizer(prompt)["input_ids"])
+    full = list(tokenizer(prompt + completion)["input_ids"])
+    prompt_length = common_prefix_length(prompt_ids, full)
+    labels = [IGNORE_INDEX] * prompt_length + full[prompt_length:]
+    return TokenizedExample(full[:max_length], labels[:max_length])
+
+
+def tokenize_row(tokenizer, parts: list[dict] | TextPair, max_length: int) -> TokenizedExample:
+    """An SFT row from :func:`sft_row`: a conversation under the chat template, or a text pair without one."""
+    if isinstance(parts, TextPair):
+        return tokenize_standard(tokenizer, parts.prompt, parts.completion, max_length)
+    return tokenize_sft(tokenizer, parts, max_length)
 
 
 def tokenize_sft(tokenizer, messages: list[dict], max_length: int) -> TokenizedExample:
@@ -136,15 +215,25 @@ def tokenize_sft(tokenizer, messages: list[dict], max_length: int) -> TokenizedE
     return TokenizedExample(input_ids[:max_length], labels[:max_length])
 
 
-def check_sft_rows(path: str | Path, data_config) -> int:
+@dataclass
+class RowCheck:
+    """What the driver's pre-flight check learnt of a data file: its row (or pair) count and how many are chats."""
+
+    rows: int
+    conversational: int
+
+
+def check_sft_rows(path: str | Path, data_config) -> RowCheck:
     """Validate every row's structure without tokenising (the driver does this before any cluster starts)."""
     records = read_records(path)
+    conversational = 0
     for index, row in enumerate(records):
         try:
-            _as_messages(row, data_config.messages_field, data_config.prompt_field, data_config.completion_field)
+            parts = sft_row(row, data_config.messages_field, data_config.prompt_field, data_config.completion_field)
         except (ValueError, TypeError) as error:
             raise AlignError(f"{row_location(path, index)}: {error}") from None
-    return len(records)
+        conversational += not isinstance(parts, TextPair)
+    return RowCheck(len(records), conversational)
 
 
 def load_sft_examples(path: str | Path, tokenizer, data_config) -> list[TokenizedExample]:
@@ -153,8 +242,8 @@ def load_sft_examples(path: str | Path, tokenizer, data_config) -> list[Tokenize
     examples = []
     for index, row in enumerate(records):
         try:
-            messages = _as_messages(row, data_config.messages_field, data_config.prompt_field, data_config.completion_field)
-            example = tokenize_sft(tokenizer, messages, data_config.max_length)
+            parts = sft_row(row, data_config.messages_field, data_config.prompt_field, data_config.completion_field)
+            example = tokenize_row(tokenizer, parts, data_config.max_length)
         except (ValueError, TypeError) as error:
             raise AlignError(f"{row_location(path, index)}: {error}") from None
         if not any(label != IGNORE_INDEX for label in example.labels):

@@ -19,10 +19,19 @@ def check_model_dir(path: str | Path, what: str = "model") -> Path:
     return path
 
 
-def load_tokenizer(path: str | Path):
+def load_tokenizer(path: str | Path, chat_template: str | None = None):
+    """The tokenizer saved in ``path``, with pad = eos when it has no pad token.
+
+    ``chat_template`` (a built-in name or a Jinja file, see :mod:`alignment.chat_templates`) replaces
+    the tokenizer's own template; saving the tokenizer (checkpoints, final model) writes it along.
+    """
     from transformers import AutoTokenizer
 
+    from alignment.chat_templates import resolve_chat_template
+
     tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if chat_template is not None:
+        tokenizer.chat_template = resolve_chat_template(chat_template)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -2,9 +2,11 @@
 
 A row is either a pair ``{"prompt", "chosen", "rejected"}`` or a ranking
 ``{"prompt", "responses": [...], "ranks": [...]}`` (rank 1 is best; each ranking expands into
-its ordered pairs, ties give none). Prompts and responses are plain text or conversational
-message lists; plain text is rendered as one user turn and one assistant turn of the chat
-template. Without a prompt column, conversational chosen/rejected share their prompt as the
+its ordered pairs, ties give none). A row whose fields are all plain text is in TRL's *standard*
+format: prompt and response are joined as text, no chat template
+(:func:`alignment.data.tokenize_standard`). A row with any field a message list is *conversational*:
+its text fields become one user turn (prompt) or assistant turn (response) and the chat template
+renders it. Without a prompt column, conversational chosen/rejected share their prompt as the
 common leading messages (TRL's implicit prompt). Malformed rows stop with the file and line.
 """
 
@@ -15,10 +17,21 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from alignment.data import IGNORE_INDEX, TokenizedExample, read_records, row_location, tokenize_sft
+from alignment.data import (
+    IGNORE_INDEX,
+    RowCheck,
+    TokenizedExample,
+    as_messages,
+    is_messages,
+    read_records,
+    row_location,
+    tokenize_sft,
+    tokenize_standard,
+)
 from alignment.errors import AlignError
 
 Messages = list[dict[str, Any]]
+Part = Messages | str  # a message list (conversational row) or text (standard row)
 
 
 @dataclass
@@ -30,14 +43,6 @@ class PreferencePair:
     ref_rejected: float | None = None
 
 
-def _messages(value: Any, role: str, field: str) -> Messages:
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
-        return [{"role": m["role"], "content": m["content"]} for m in value]
-    raise ValueError(f"field {field!r} must be text or a non-empty list of {{role, content}} messages")
-
-
 def _split_implicit_prompt(chosen: Messages, rejected: Messages) -> tuple[Messages, Messages, Messages]:
     shared = 0
     while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
@@ -47,18 +52,35 @@ def _split_implicit_prompt(chosen: Messages, rejected: Messages) -> tuple[Messag
     return chosen[:shared], chosen[shared:], rejected[shared:]
 
 
-def row_pairs(row: dict[str, Any], config) -> list[tuple[Messages, Messages, Messages, float]]:
-    """(prompt, chosen, rejected, margin) message lists of one row; raises ValueError when malformed."""
+def is_conversational_row(row: dict[str, Any], config) -> bool:
+    """Whether any prompt or response field of a preference row is a message list."""
+    fields = (config.prompt_field, config.chosen_field, config.rejected_field)
+    return any(is_messages(row.get(f)) for f in fields) or (
+        isinstance(row.get(config.responses_field), list) and any(is_messages(r) for r in row[config.responses_field]))
+
+
+def _part(value: Any, role: str, field: str, conversational: bool) -> Part:
+    if conversational:
+        return as_messages(value, role, field)
+    if not isinstance(value, str):
+        raise ValueError(f"field {field!r} must be text or a non-empty list of {{role, content}} messages")
+    return value
+
+
+def row_pairs(row: dict[str, Any], config) -> list[tuple[Part, Part, Part, float]]:
+    """(prompt, chosen, rejected, margin) of one row: message lists for a conversational row, text for a
+    standard one; raises ValueError when malformed."""
     if config.responses_field in row or config.ranks_field in row:
         return _ranking_pairs(row, config)
     missing = [f for f in (config.chosen_field, config.rejected_field) if f not in row]
     if missing:
         raise ValueError(f"row has neither {config.chosen_field!r}/{config.rejected_field!r} nor "
                          f"{config.responses_field!r}/{config.ranks_field!r} (missing {missing})")
-    chosen = _messages(row[config.chosen_field], "assistant", config.chosen_field)
-    rejected = _messages(row[config.rejected_field], "assistant", config.rejected_field)
+    chat = is_conversational_row(row, config)
+    chosen = _part(row[config.chosen_field], "assistant", config.chosen_field, chat)
+    rejected = _part(row[config.rejected_field], "assistant", config.rejected_field, chat)
     if config.prompt_field in row:
-        prompt = _messages(row[config.prompt_field], "user", config.prompt_field)
+        prompt = _part(row[config.prompt_field], "user", config.prompt_field, chat)
     elif isinstance(row[config.chosen_field], list):
         prompt, chosen, rejected = _split_implicit_prompt(chosen, rejected)
     else:
@@ -75,7 +97,7 @@ def _margin(row: dict[str, Any], config) -> float:
     return float(value)
 
 
-def _ranking_pairs(row: dict[str, Any], config) -> list[tuple[Messages, Messages, Messages, float]]:
+def _ranking_pairs(row: dict[str, Any], config) -> list[tuple[Part, Part, Part, float]]:
     responses, ranks = row.get(config.responses_field), row.get(config.ranks_field)
     if not isinstance(responses, list) or not isinstance(ranks, list) or len(responses) != len(ranks) or len(ranks) < 2:
         raise ValueError(f"{config.responses_field!r} and {config.ranks_field!r} must be lists of the same length >= 2")
@@ -83,8 +105,9 @@ def _ranking_pairs(row: dict[str, Any], config) -> list[tuple[Messages, Messages
         raise ValueError(f"{config.ranks_field!r} must hold numbers (1 = best), got {ranks!r}")
     if config.prompt_field not in row:
         raise ValueError(f"ranking row has no {config.prompt_field!r} column")
-    prompt = _messages(row[config.prompt_field], "user", config.prompt_field)
-    answers = [_messages(r, "assistant", config.responses_field) for r in responses]
+    chat = is_conversational_row(row, config)
+    prompt = _part(row[config.prompt_field], "user", config.prompt_field, chat)
+    answers = [_part(r, "assistant", config.responses_field, chat) for r in responses]
     pairs = []
     for i, j in combinations(range(len(answers)), 2):
         if ranks[i] != ranks[j]:
@@ -93,21 +116,26 @@ def _ranking_pairs(row: dict[str, Any], config) -> list[tuple[Messages, Messages
     return pairs
 
 
-def check_preference_rows(path: str | Path, config) -> int:
-    """Validate every row without tokenising; returns the number of pairs."""
-    count = 0
+def check_preference_rows(path: str | Path, config) -> RowCheck:
+    """Validate every row without tokenising; returns the number of pairs and of conversational ones."""
+    count = conversational = 0
     for index, row in enumerate(read_records(path)):
         try:
-            count += len(row_pairs(row, config))
+            pairs = row_pairs(row, config)
         except (ValueError, TypeError) as error:
             raise AlignError(f"{row_location(path, index)}: {error}") from None
+        count += len(pairs)
+        conversational += sum(isinstance(prompt, list) for prompt, *_ in pairs)
     if not count:
         raise AlignError(f"{path}: no preference pairs (all rankings are ties?)")
-    return count
+    return RowCheck(count, conversational)
 
 
-def _tokenize(tokenizer, prompt: Messages, response: Messages, max_length: int) -> TokenizedExample:
-    example = tokenize_sft(tokenizer, prompt + response, max_length)
+def _tokenize(tokenizer, prompt: Part, response: Part, max_length: int) -> TokenizedExample:
+    if isinstance(prompt, str):
+        example = tokenize_standard(tokenizer, prompt, response, max_length)
+    else:
+        example = tokenize_sft(tokenizer, prompt + response, max_length)
     if not any(label != IGNORE_INDEX for label in example.labels[1:]):
         raise ValueError(f"no response token survives max_length={max_length}")
     return example

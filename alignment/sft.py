@@ -35,7 +35,7 @@ class SFTWorker(TrainWorker):
 
     def load_data(self) -> tuple[list[TokenizedExample], list[TokenizedExample]]:
         config = self.config
-        self.tokenizer = load_tokenizer(config.tokenizer or config.model)
+        self.tokenizer = load_tokenizer(config.tokenizer or config.model, config.chat_template)
         train = load_sft_examples(config.data.train, self.tokenizer, config.data)
         if config.data.eval:
             return train, load_sft_examples(config.data.eval, self.tokenizer, config.data)

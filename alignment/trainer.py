@@ -124,7 +124,7 @@ class PairWorker(TrainWorker):
         from alignment.models import load_tokenizer
         from alignment.preference_data import load_train_eval
 
-        self.tokenizer = load_tokenizer(self.config.tokenizer or self.config.model)
+        self.tokenizer = load_tokenizer(self.config.tokenizer or self.config.model, self.config.chat_template)
         return load_train_eval(self.config.data, self.tokenizer, self.config.train.seed)
 
     def example_length(self, example) -> int:
@@ -192,7 +192,9 @@ def reduce_metrics(results: list[dict[str, float]], prefix: str) -> dict[str, fl
 def check_inputs(config: Any, check_rows: Callable[[str, Any], object],
                  models: Sequence[tuple[str | None, str]] = ()) -> None:
     """The file-system checks a training job makes before any cluster starts: model and tokenizer
-    directories (plus ``models``: (path, what) pairs), then the structure of every data row."""
+    directories (plus ``models``: (path, what) pairs), the structure of every data row, and a chat
+    template wherever rows are conversational (``chat_template`` or the tokenizer's own)."""
+    from alignment.chat_templates import require_chat_template
     from alignment.models import check_model_dir
 
     check_model_dir(config.model)
@@ -201,7 +203,10 @@ def check_inputs(config: Any, check_rows: Callable[[str, Any], object],
             check_model_dir(path, what)
     for path in (config.data.train, config.data.eval):
         if path:
-            check_rows(path, config.data)
+            found = check_rows(path, config.data)
+            if getattr(found, "conversational", 0):
+                require_chat_template(config.tokenizer or config.model, config.chat_template,
+                                      f"{path} ({found.conversational} of {found.rows} rows)")
 
 
 def run_training(config: Any, worker_cls: type[TrainWorker], resume: bool = False) -> Path:

@@ -84,6 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     generate.add_argument("--temperature", type=float, default=1.0)
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--backend", choices=["vllm", "hf"], default="vllm", help="rollout backend")
+    generate.add_argument("--chat-template", default=None,
+                          help="chat template for chat prompts: a built-in (chatml) or a Jinja file; default: the tokenizer's")
     generate.add_argument("--annotations-per-item", "-m", type=int, default=None,
                           help="M distinct annotators per item (new projects: 3)")
     generate.add_argument("--guidelines", type=Path, help="Markdown file shown to annotators")
@@ -182,7 +184,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise AlignError(f"--arena tells models apart by directory name, and these repeat: {names}; "
                          "link or copy the checkpoints to distinct names (e.g. base, dpo)")
     records = generate_candidates(args.prompts, args.checkpoints, args.samples, args.max_prompts, args.max_tokens,
-                                  args.temperature, args.seed, args.backend)
+                                  args.temperature, args.seed, args.backend, chat_template=args.chat_template)
     guidelines = args.guidelines.read_text(encoding="utf-8") if args.guidelines else None
     store = _store(args)
     counts = import_items(store, args.project, records, annotations_per_item=args.annotations_per_item,

@@ -1,11 +1,15 @@
-"""Rankings -> preference pairs in TRL's ``prompt``/``chosen``/``rejected`` format (JSONL or Parquet)."""
+"""Rankings -> preference pairs in TRL's ``prompt``/``chosen``/``rejected`` format (JSONL or Parquet).
+
+The prompt is exported in the form it was imported: text (TRL's standard format, trained without a
+chat template) or, for items imported with ``messages``, the chat messages (conversational format).
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from alignment.errors import AlignError
 from labeling_ui.agreement import consensus
@@ -20,7 +24,7 @@ def ranking_pairs(ranks: Mapping[int, int]) -> list[tuple[int, int]]:
     return [(a, b) for a in ranks for b in ranks if ranks[a] < ranks[b]]
 
 
-def preference_rows(items: Sequence[RankedItem], mode: Mode = "all") -> list[dict[str, str]]:
+def preference_rows(items: Sequence[RankedItem], mode: Mode = "all") -> list[dict[str, Any]]:
     """``all``: every pair of every annotator's ranking; ``consensus``: the pairs of the mean-rank consensus."""
     if mode not in ("all", "consensus"):
         raise AlignError(f"export mode must be 'all' or 'consensus', not {mode!r}")
@@ -31,7 +35,7 @@ def preference_rows(items: Sequence[RankedItem], mode: Mode = "all") -> list[dic
             for better, worse in ranking_pairs(ranks):
                 rows.append(
                     {
-                        "prompt": item.prompt,
+                        "prompt": item.prompt_messages or item.prompt,
                         "chosen": item.candidates[better],
                         "rejected": item.candidates[worse],
                     }
@@ -39,7 +43,7 @@ def preference_rows(items: Sequence[RankedItem], mode: Mode = "all") -> list[dic
     return rows
 
 
-def write_rows(rows: list[dict[str, str]], path: str | Path, file_format: str | None = None) -> Path:
+def write_rows(rows: list[dict[str, Any]], path: str | Path, file_format: str | None = None) -> Path:
     """Write rows as JSONL or Parquet, chosen by ``file_format`` or the file suffix; atomic (temp file, rename)."""
     path = Path(path)
     file_format = file_format or FORMATS.get(path.suffix.lower())
@@ -55,7 +59,14 @@ def write_rows(rows: list[dict[str, str]], path: str | Path, file_format: str | 
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        schema = pa.schema([("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())])
+        if any(isinstance(row["prompt"], list) for row in rows):
+            message = pa.struct([("role", pa.string()), ("content", pa.string())])
+            prompt_type = pa.list_(message)
+            if not all(isinstance(row["prompt"], list) for row in rows):
+                raise AlignError("the project mixes text and chat prompts; export it as .jsonl (Parquet needs one type)")
+        else:
+            prompt_type = pa.string()
+        schema = pa.schema([("prompt", prompt_type), ("chosen", pa.string()), ("rejected", pa.string())])
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), temporary)
     temporary.replace(path)
     return path

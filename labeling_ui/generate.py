@@ -25,13 +25,15 @@ def prompt_text(prompt: Any) -> str:
 
 def records_from_generations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One import record per prompt, one candidate per (checkpoint, sample); the id is a hash of the prompt,
-    so generating again for the same prompts adds nothing twice."""
+    so generating again for the same prompts adds nothing twice. A chat prompt keeps its messages
+    (``messages``), so the exported pairs are conversational as the prompts were."""
     items: dict[int, dict[str, Any]] = {}
     for row in rows:
         text = prompt_text(row["prompt"])
         item = items.setdefault(row["prompt_index"], {
             "id": "gen-" + hashlib.sha256(json.dumps(row["prompt"], sort_keys=True).encode()).hexdigest()[:16],
             "prompt": text,
+            **({"messages": row["prompt"]} if isinstance(row["prompt"], list) else {}),  # exported in this form
             "candidates": [],
         })
         model = Path(row["checkpoint"]).name + (f"#{row['sample_index']}" if row["sample_index"] else "")
@@ -41,8 +43,10 @@ def records_from_generations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]
 
 def generate_candidates(prompts_file: str, checkpoints: list[str], samples: int = 1, max_prompts: int | None = None,
                         max_tokens: int = 64, temperature: float = 1.0, seed: int = 0,
-                        backend: str = "vllm") -> list[dict[str, Any]]:
-    """Sample ``samples`` responses per prompt from every checkpoint; return import records."""
+                        backend: str = "vllm", chat_template: str | None = None) -> list[dict[str, Any]]:
+    """Sample ``samples`` responses per prompt from every checkpoint; return import records.
+
+    ``chat_template`` (a built-in name or a Jinja file) renders chat prompts for checkpoints without one."""
     from alignment.config import align_home
     from alignment.jobs.generate import GenerateConfig, generate_to_file
     from alignment.logs import open_job_log
@@ -60,6 +64,7 @@ def generate_candidates(prompts_file: str, checkpoints: list[str], samples: int 
         output = Path(scratch) / "samples.jsonl"
         config = GenerateConfig(
             checkpoints=checkpoints, prompts=prompts_file, max_prompts=max_prompts, output=str(output),
+            chat_template=chat_template,
             rollout={"backend": backend}, sampling={"n": samples, "max_tokens": max_tokens,
                                                     "temperature": temperature, "seed": seed},
         )

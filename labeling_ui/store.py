@@ -100,7 +100,8 @@ class Item(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     external_id: Mapped[str] = mapped_column(String(256))
-    prompt: Mapped[str] = mapped_column(Text)
+    prompt: Mapped[str] = mapped_column(Text)  # what annotators read
+    prompt_messages: Mapped[list | None] = mapped_column(JSON, nullable=True)  # a chat prompt's messages, exported as such
     slots_taken: Mapped[int] = mapped_column(Integer, default=0)
 
 
@@ -202,6 +203,16 @@ def _configure_sqlite(engine: Engine) -> None:
         )
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """Columns added since a database was created (nullable ones only), so older databases keep working."""
+    from sqlalchemy import inspect, text
+
+    present = {column["name"] for column in inspect(engine).get_columns("items")}
+    if "prompt_messages" not in present:
+        with engine.begin() as connection:
+            connection.execute(text("ALTER TABLE items ADD COLUMN prompt_messages JSON"))
+
+
 class Store:
     """A database handle; the schema is created on first use."""
 
@@ -223,6 +234,7 @@ class Store:
             else:
                 self.engine = create_engine(self.url, pool_size=20, max_overflow=20, pool_pre_ping=True)
             Base.metadata.create_all(self.engine)
+            _add_missing_columns(self.engine)
         except ModuleNotFoundError as error:
             raise AlignError(
                 f"database driver missing for {url!r}: {error}; install psycopg[binary]"
@@ -345,6 +357,8 @@ class ItemRecord(BaseModel):
 
     id: str | None = None
     prompt: str = Field(min_length=1)
+    messages: list[dict[str, Any]] | None = Field(
+        None, description="The prompt as chat messages, when it is a chat: exported in this form (TRL's conversational format).")
     candidates: list[str | dict[str, str]]
 
     @field_validator("candidates")
@@ -397,7 +411,8 @@ def import_items(
             if external_id in existing:
                 continue
             existing.add(external_id)
-            item = Item(project_id=project.id, external_id=external_id, prompt=record.prompt, slots_taken=0)
+            item = Item(project_id=project.id, external_id=external_id, prompt=record.prompt,
+                        prompt_messages=record.messages, slots_taken=0)
             session.add(item)
             session.flush()
             for position, candidate in enumerate(record.candidates):
@@ -713,6 +728,7 @@ class RankedItem(BaseModel):
     item_id: int
     external_id: str
     prompt: str
+    prompt_messages: list[dict[str, Any]] | None = None  # the prompt as imported, when it was a chat
     candidates: dict[int, str]
     rankings: dict[str, dict[int, int]]  # annotator -> candidate id -> rank
 
@@ -742,6 +758,7 @@ def ranked_items(store: Store, project_name: str, annotator: str | None = None) 
                     item_id=item.id,
                     external_id=item.external_id,
                     prompt=item.prompt,
+                    prompt_messages=item.prompt_messages,
                     candidates={c.id: c.text for c in candidates},
                     rankings=by_item[item.id],
                 )

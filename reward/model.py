@@ -19,13 +19,17 @@ import torch
 Prompt = str | list[dict[str, Any]]
 
 
-def load_reward_model(path: str | Path, dtype: torch.dtype = torch.float32):
-    """A sequence-classification model with one output (the reward), with its pad token set."""
+def load_reward_model(path: str | Path, dtype: torch.dtype = torch.float32, chat_template: str | None = None):
+    """A sequence-classification model with one output (the reward), with its pad token set.
+
+    The tokenizer keeps the chat template the model was trained with; ``chat_template`` fills in
+    only where it has none."""
     from transformers import AutoModelForSequenceClassification
 
+    from alignment.chat_templates import has_chat_template
     from alignment.models import load_tokenizer
 
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_tokenizer(path, None if has_chat_template(path) else chat_template)
     model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
@@ -41,19 +45,19 @@ def save_reward_model(state_dict: dict[str, torch.Tensor], model_config, tokeniz
     tokenizer.save_pretrained(str(out_dir))
 
 
-def conversation(prompt: Prompt, response: str) -> list[dict[str, Any]]:
-    """A prompt (text or messages) and a response as chat messages."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    return [*messages, {"role": "assistant", "content": response}]
+def conversation(prompt: list[dict[str, Any]], response: str) -> list[dict[str, Any]]:
+    """A chat prompt and a response as chat messages."""
+    return [*prompt, {"role": "assistant", "content": response}]
 
 
 class RewardScorer:
     """Scores responses with a trained reward model, ``batch_size`` sequences per forward."""
 
-    def __init__(self, path: str | Path, batch_size: int = 32, max_length: int = 256, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, batch_size: int = 32, max_length: int = 256, threads: int | None = None,
+                 chat_template: str | None = None) -> None:
         if threads:
             torch.set_num_threads(threads)
-        self.model, self.tokenizer = load_reward_model(path)
+        self.model, self.tokenizer = load_reward_model(path, chat_template=chat_template)
         self.model.eval()
         self.batch_size = batch_size
         self.max_length = max_length
@@ -68,12 +72,15 @@ class RewardScorer:
 
 
 def encode_conversations(tokenizer, prompts: Sequence[Prompt], responses: Sequence[str], max_length: int) -> list[list[int]]:
-    """Token ids of each (prompt, response) conversation under the chat template, truncated to ``max_length``."""
+    """Token ids of each (prompt, response), truncated to ``max_length``, as the reward model was trained:
+    a chat prompt as a conversation under the chat template, a text prompt as text + response + EOS
+    (TRL's standard format, no template; :func:`alignment.data.tokenize_standard`)."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    from alignment.data import render_chat
+    from alignment.data import render_chat, tokenize_standard
 
-    return [render_chat(tokenizer, conversation(p, r), add_generation_prompt=False)[:max_length]
+    return [tokenize_standard(tokenizer, p, r, max_length).input_ids if isinstance(p, str)
+            else render_chat(tokenizer, conversation(p, r), add_generation_prompt=False)[:max_length]
             for p, r in zip(prompts, responses)]
 
 

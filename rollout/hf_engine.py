@@ -23,14 +23,16 @@ class HFEngine(BroadcastReceiver):
                  log_file: str | None = None) -> None:
         redirect_actor_output(log_file)
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from alignment.models import load_tokenizer
 
         cfg = RolloutConfig.model_validate(config)
         self.threads = max(1, int(cfg.cpus_per_engine))
         torch.set_num_threads(self.threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, cfg.dtype)).to(self.device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        self.tokenizer = load_tokenizer(tokenizer)
         self.generator_seed = cfg.seed + engine_index
         self.calls = 0
 

@@ -51,7 +51,7 @@ def test_unknown_config_key(micro_model, tmp_path):
     data = write_jsonl(tmp_path / "data.jsonl", [GOOD_ROW] * 4)
     result, out = run_sft_cli(tmp_path, model=micro_model / "model", train=data, optimizer={"lr": 1})
     assert result.returncode == 2
-    assert "optimizer: unknown key; allowed here: model, tokenizer, output_dir, data" in result.stderr
+    assert "optimizer: unknown key; allowed here: model, tokenizer, chat_template, output_dir, data" in result.stderr
     assert not out.exists()
 
 

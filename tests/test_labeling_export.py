@@ -63,3 +63,40 @@ def test_export_project_files(tmp_path, suffix):
     assert st.audit_log(store)[0]["action"] == "export"
     with pytest.raises(AlignError, match="format"):
         export_project(store, "demo", tmp_path / "pairs.csv")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_chat_prompts_export_as_messages_text_prompts_as_text(tmp_path, suffix):
+    """An item imported with ``messages`` (as `align label generate` imports chat prompts) exports them,
+    so the pairs stay conversational; the annotators read the text."""
+    from alignment.config import PreferenceDataConfig
+    from alignment.preference_data import row_pairs
+
+    store = st.Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    chat = [{"role": "user", "content": "Review X."}]
+    st.import_items(store, "demo", [{"prompt": "Review X.", "messages": chat, "candidates": ["good", "bad"]}],
+                    annotations_per_item=1)
+    st.add_user(store, "ann", "password123")
+    user = st.get_user(store, "ann")
+    task = st.claim_next(store, user, "demo")
+    assert task.prompt == "Review X."
+    by_text = {c["text"]: c["id"] for c in task.candidates}
+    st.submit_ranking(store, user, task.assignment_id, {by_text["good"]: 1, by_text["bad"]: 2})
+    out = tmp_path / f"pairs{suffix}"
+    assert export_project(store, "demo", out) == 1
+    rows = [json.loads(line) for line in out.read_text().splitlines()] if suffix == ".jsonl" else pq.read_table(out).to_pylist()
+    assert rows == [{"prompt": chat, "chosen": "good", "rejected": "bad"}]
+    ((prompt, chosen, rejected, _),) = row_pairs(rows[0], PreferenceDataConfig(train="unused"))
+    assert prompt == chat and chosen == [{"role": "assistant", "content": "good"}]  # conversational, as before
+
+
+def test_a_database_from_before_the_messages_column_gains_it(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    st.Store(f"sqlite:///{path}")
+    with sqlite3.connect(path) as connection:
+        connection.execute("ALTER TABLE items DROP COLUMN prompt_messages")
+    store = st.Store(f"sqlite:///{path}")
+    st.import_items(store, "demo", [{"prompt": "Q", "candidates": ["a", "b"]}])
+    assert st.list_projects(store) == ["demo"]

@@ -22,6 +22,7 @@ def test_rows_group_into_one_item_per_prompt():
     ]
     first, second = records_from_generations(rows)
     assert first["prompt"] == "Review X." and second["prompt"] == "Review Y."
+    assert first["messages"] == prompt and "messages" not in second  # chat prompts keep their form for export
     assert first["candidates"] == [{"text": "Good.", "model": "base"}, {"text": "Great.", "model": "dpo"}]
     assert second["candidates"][0]["text"] == "(empty response)" and second["candidates"][1]["model"] == "dpo#1"
     assert first["id"] == records_from_generations(rows[:2])[0]["id"] != second["id"]

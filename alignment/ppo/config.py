@@ -6,7 +6,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from alignment.config import ClusterConfig, OptimConfig, Section, StrategyConfig, TrackingConfig
+from alignment.config import (
+    CHAT_TEMPLATE_HELP,
+    ClusterConfig,
+    OptimConfig,
+    Section,
+    StrategyConfig,
+    TrackingConfig,
+)
 from rollout.config import RolloutConfig, SamplingConfig
 
 Role = Literal["actor", "critic", "reference", "reward"]
@@ -87,6 +94,7 @@ class PPOConfig(Section):
     reference: str | None = Field(None, description="Reference model for the KL term; None uses `model`.")
     critic: str | None = Field(None, description="Critic initialisation (a token-value head is added); None uses reward.model, else `model`.")
     tokenizer: str | None = Field(None, description="Tokenizer directory; None uses the model's.")
+    chat_template: str | None = Field(None, description=CHAT_TEMPLATE_HELP + " The reward model keeps its own template; this one fills in where it has none.")
     output_dir: str = Field(..., description="Where checkpoints, the final policy, metrics and samples go.")
     data: PromptDataConfig = Field(..., description="Training and held-out prompts.")
     reward: RewardSourcesConfig = Field(default_factory=RewardSourcesConfig, description="Reward model, reward functions, gold judge.")

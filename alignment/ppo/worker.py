@@ -86,7 +86,7 @@ class PPOWorker(BroadcastSender, DistributedWorker):
         """Load this rank's models; returns each one's parameter count."""
         cfg = self.config = PPOConfig.model_validate(config)
         torch.manual_seed(cfg.train.seed)
-        self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+        self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.chat_template)
         self.micro = cfg.train.micro_batch_size
         accumulation = cfg.algorithm.mini_batch_size // (self.micro * self.world_size)
         self.models: dict[Role, DeepSpeedStrategy] = {}
@@ -123,7 +123,11 @@ class PPOWorker(BroadcastSender, DistributedWorker):
             return model
         from transformers import AutoModelForSequenceClassification
 
-        self.reward_tokenizer = load_tokenizer(cfg.reward.model)
+        from alignment.chat_templates import has_chat_template
+
+        # The reward model keeps the template it was trained with; the job's fills in where it has none.
+        own = has_chat_template(cfg.reward.model)
+        self.reward_tokenizer = load_tokenizer(cfg.reward.model, None if own else cfg.chat_template)
         model = AutoModelForSequenceClassification.from_pretrained(cfg.reward.model, num_labels=1, dtype=dtype)
         model.config.pad_token_id = self.reward_tokenizer.pad_token_id
         return model
