@@ -72,6 +72,22 @@ def test_import_errors_name_the_problem_before_any_work(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_an_architecture_transformers_cannot_read_is_a_clear_error_and_leaves_nothing(tmp_path):
+    import gguf
+    import numpy as np
+
+    source = tmp_path / "odd.gguf"
+    writer = gguf.GGUFWriter(str(source), "unknownarch")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(AlignError, match=r"transformers cannot load .*odd.gguf: .*architecture unknownarch"):
+        import_gguf(source, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.gguf"]  # no output, no staging left behind
+
+
 # ---- the imported model ------------------------------------------------------------------------------
 
 
@@ -256,7 +272,7 @@ def check_rl_steps(rows: list[dict], steps: int) -> None:
     assert first["kl/sequence"] == 0.0  # reference == policy before any update
     assert first["policy/ratio"] == pytest.approx(1.0, abs=1e-4)  # one minibatch: nothing updated before it
     for row in rows:  # vLLM's sampled-token log-probs against the trainer's, after every weight sync too
-        assert row["rollout/mismatch"] < 1.05, row["rollout/mismatch"]
+        assert row["rollout/mismatch"] < 1.001, row["rollout/mismatch"]  # fp32 engine and trainer: 1.000005 measured
         assert math.isfinite(row["policy/loss"]) and math.isfinite(row["reward/score"])
 
 

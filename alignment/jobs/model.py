@@ -22,7 +22,8 @@ def register(subparsers) -> None:
     imported.add_argument("--output", "-o", required=True, metavar="OUT_DIR", help="directory to write")
     imported.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                           help="precision of the saved weights (default float32, what CPU training uses)")
-    imported.add_argument("--force", action="store_true", help="replace OUT_DIR if it holds something else")
+    imported.add_argument("--force", action="store_true", help="import again even if OUT_DIR holds another model "
+                          "(only a directory with config.json or import.json is ever replaced)")
     imported.set_defaults(func=run_import)
 
 
