@@ -1,7 +1,8 @@
 """Rankings -> preference pairs in TRL's ``prompt``/``chosen``/``rejected`` format (JSONL or Parquet).
 
 The prompt is exported in the form it was imported: text (TRL's standard format, trained without a
-chat template) or, for items imported with ``messages``, the chat messages (conversational format).
+chat template) or, for items imported with ``messages``, the chat messages, with chosen and rejected
+as one assistant message each (TRL's conversational format).
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ def ranking_pairs(ranks: Mapping[int, int]) -> list[tuple[int, int]]:
     return [(a, b) for a in ranks for b in ranks if ranks[a] < ranks[b]]
 
 
+def _response(item: RankedItem, text: str) -> str | list[dict[str, str]]:
+    """A candidate as the row's format needs it: text, or one assistant message after a chat prompt."""
+    return [{"role": "assistant", "content": text}] if item.prompt_messages else text
+
+
 def preference_rows(items: Sequence[RankedItem], mode: Mode = "all") -> list[dict[str, Any]]:
     """``all``: every pair of every annotator's ranking; ``consensus``: the pairs of the mean-rank consensus."""
     if mode not in ("all", "consensus"):
@@ -36,8 +42,8 @@ def preference_rows(items: Sequence[RankedItem], mode: Mode = "all") -> list[dic
                 rows.append(
                     {
                         "prompt": item.prompt_messages or item.prompt,
-                        "chosen": item.candidates[better],
-                        "rejected": item.candidates[worse],
+                        "chosen": _response(item, item.candidates[better]),
+                        "rejected": _response(item, item.candidates[worse]),
                     }
                 )
     return rows
@@ -60,13 +66,12 @@ def write_rows(rows: list[dict[str, Any]], path: str | Path, file_format: str | 
         import pyarrow.parquet as pq
 
         if any(isinstance(row["prompt"], list) for row in rows):
-            message = pa.struct([("role", pa.string()), ("content", pa.string())])
-            prompt_type = pa.list_(message)
             if not all(isinstance(row["prompt"], list) for row in rows):
                 raise AlignError("the project mixes text and chat prompts; export it as .jsonl (Parquet needs one type)")
+            column = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
         else:
-            prompt_type = pa.string()
-        schema = pa.schema([("prompt", prompt_type), ("chosen", pa.string()), ("rejected", pa.string())])
+            column = pa.string()
+        schema = pa.schema([("prompt", column), ("chosen", column), ("rejected", column)])
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), temporary)
     temporary.replace(path)
     return path

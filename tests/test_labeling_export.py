@@ -68,7 +68,7 @@ def test_export_project_files(tmp_path, suffix):
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
 def test_chat_prompts_export_as_messages_text_prompts_as_text(tmp_path, suffix):
     """An item imported with ``messages`` (as `align label generate` imports chat prompts) exports them,
-    so the pairs stay conversational; the annotators read the text."""
+    with chosen and rejected as assistant messages (TRL's conversational format); annotators read the text."""
     from alignment.config import PreferenceDataConfig
     from alignment.preference_data import row_pairs
 
@@ -85,7 +85,8 @@ def test_chat_prompts_export_as_messages_text_prompts_as_text(tmp_path, suffix):
     out = tmp_path / f"pairs{suffix}"
     assert export_project(store, "demo", out) == 1
     rows = [json.loads(line) for line in out.read_text().splitlines()] if suffix == ".jsonl" else pq.read_table(out).to_pylist()
-    assert rows == [{"prompt": chat, "chosen": "good", "rejected": "bad"}]
+    assert rows == [{"prompt": chat, "chosen": [{"role": "assistant", "content": "good"}],
+                     "rejected": [{"role": "assistant", "content": "bad"}]}]
     ((prompt, chosen, rejected, _),) = row_pairs(rows[0], PreferenceDataConfig(train="unused"))
     assert prompt == chat and chosen == [{"role": "assistant", "content": "good"}]  # conversational, as before
 
