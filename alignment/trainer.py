@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from alignment.checkpoint import CheckpointManager, check_output_dir
 from alignment.cluster.group import ActorGroup, DistributedWorker
 from alignment.config import dump_config
+from alignment.data import RowCheck
 from alignment.errors import AlignError
 from alignment.logs import open_job_log
 from alignment.strategy import DeepSpeedStrategy
@@ -189,7 +190,7 @@ def reduce_metrics(results: list[dict[str, float]], prefix: str) -> dict[str, fl
     return merged
 
 
-def check_inputs(config: Any, check_rows: Callable[[str, Any], object],
+def check_inputs(config: Any, check_rows: Callable[[str, Any], RowCheck],
                  models: Sequence[tuple[str | None, str]] = ()) -> None:
     """The file-system checks a training job makes before any cluster starts: model and tokenizer
     directories (plus ``models``: (path, what) pairs), the structure of every data row, and a chat
@@ -204,7 +205,7 @@ def check_inputs(config: Any, check_rows: Callable[[str, Any], object],
     for path in (config.data.train, config.data.eval):
         if path:
             found = check_rows(path, config.data)
-            if getattr(found, "conversational", 0):
+            if found.conversational:
                 require_chat_template(config.tokenizer or config.model, config.chat_template,
                                       f"{path} ({found.conversational} of {found.rows} rows)")
 
