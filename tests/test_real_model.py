@@ -323,7 +323,7 @@ def test_final_checkpoints_load_in_transformers_and_sample_in_vllm(finals, data,
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from alignment.jobs.generate import GenerateConfig, generate_to_file
+    from alignment.jobs.generate import GenerateConfig, run_generate
 
     order = ["sft", "base", "dpo", "grpo", "ppo"]
     output = tmp_path / "samples.jsonl"
@@ -333,7 +333,7 @@ def test_final_checkpoints_load_in_transformers_and_sample_in_vllm(finals, data,
         "rollout": {"backend": "vllm", "cpus_per_engine": 2, "max_model_len": 96, "kv_cache_mb": 64},
         "sampling": {"n": 2, "max_tokens": 16, "temperature": 1.0, "seed": 0},
     })
-    speeds = generate_to_file(config)
+    speeds = run_generate(config)
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(rows) == len(order) * 2 * 2
     tokenizer = AutoTokenizer.from_pretrained(finals["sft"])
