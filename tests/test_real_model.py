@@ -356,6 +356,9 @@ def test_final_checkpoints_load_in_transformers_and_sample_in_vllm(finals, data,
                 worst[name] = max(worst[name], max(abs(a - b) for a, b in zip(sample["logprobs"], reference)))
     print(f"generate: tokens/s {speeds}; max |logp vLLM - transformers| {worst}")
     assert max(worst.values()) < 1e-3, worst
+    exact = {name: sum(r["completion"].strip() == QA[r["prompt_index"]][1] for r in rows
+                       if r["checkpoint"] == str(finals[name])) for name in ("base", "sft")}
+    assert exact["sft"] >= 2 and exact["sft"] > exact["base"], exact  # SFT taught it its 4 answers (3 of 4 seen)
 
 
 @pytest.mark.slow
