@@ -39,7 +39,8 @@ from tests.conftest import (
 
 def test_batched_response_logprobs_equal_a_float64_per_sample_recomputation(micro_model):
     from alignment.models import load_causal_lm
-    from alignment.ppo.worker import response_logprobs, sequence_tensors
+    from alignment.ppo.batch import RolloutBatch
+    from alignment.ppo.worker import response_logprobs
 
     model = load_causal_lm(micro_model / "model").eval()
     generator = torch.Generator().manual_seed(0)
@@ -49,7 +50,11 @@ def test_batched_response_logprobs_equal_a_float64_per_sample_recomputation(micr
         samples.append({"ids": ids, "prompt_len": prompt_len})
     temperature = 0.7
     with torch.no_grad():
-        batched, entropy = response_logprobs(model, sequence_tensors(samples, pad_id=0), temperature)
+        batch = RolloutBatch.from_samples([s["ids"][: s["prompt_len"]] for s in samples],
+                                          [s["ids"][s["prompt_len"] :] for s in samples],
+                                          [[0.0] * (len(s["ids"]) - s["prompt_len"]) for s in samples],
+                                          [True] * len(samples), pad_id=0)
+        batched, entropy = response_logprobs(model, batch, temperature)
         model64 = model.double()
         for row, sample in enumerate(samples):
             ids = torch.tensor([sample["ids"]])

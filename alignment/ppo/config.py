@@ -147,6 +147,11 @@ class PPOConfig(Section):
             roles.append("reward")
         return roles
 
+    @property
+    def kl_in_loss(self) -> bool:
+        """The KL to the reference is a term of the policy loss (``kl.use_in=loss``), not of the reward."""
+        return self.kl.use_in == "loss" and "reference" in self.roles
+
     def groups(self) -> list[list[Role]]:
         """The process groups: each colocate list (restricted to the roles in use), then one per other role."""
         used = self.roles

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -22,31 +21,14 @@ from alignment.ppo.advantages import (
     rloo_advantages,
     token_level_rewards,
 )
+from alignment.ppo.batch import right_pad
 from alignment.ppo.config import AlgorithmConfig, KLConfig
 from alignment.ppo.kl import kl_estimate
 
 
-@dataclass
-class Rollout:
-    """One sampled response to one prompt."""
-
-    prompt: Any
-    prompt_ids: list[int]
-    response_ids: list[int]
-    text: str
-    rollout_logprobs: list[float]
-    finished: bool  # ended with EOS (or a stop string), not cut off at max_tokens
-
-
 def pad(rows: Sequence[Sequence[float]], dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded [len(rows), longest] values and their 0/1 mask."""
-    width = max(len(r) for r in rows)
-    values = torch.zeros((len(rows), width), dtype=dtype)
-    mask = torch.zeros((len(rows), width), dtype=torch.float32)
-    for i, row in enumerate(rows):
-        values[i, : len(row)] = torch.tensor(row, dtype=dtype)
-        mask[i, : len(row)] = 1.0
-    return values, mask
+    return right_pad(rows, dtype=dtype), right_pad([[1.0] * len(r) for r in rows])
 
 
 @dataclass

@@ -24,14 +24,9 @@ from alignment.cluster.group import ActorGroup
 from alignment.config import dump_config
 from alignment.errors import AlignError
 from alignment.logs import open_job_log
+from alignment.ppo.batch import RolloutBatch, equal_shares
 from alignment.ppo.config import PPOConfig, Role
-from alignment.ppo.experience import (
-    Rollout,
-    compute_experience,
-    explained_variance,
-    logprob_mismatch,
-    pad,
-)
+from alignment.ppo.experience import compute_experience, explained_variance, logprob_mismatch
 from alignment.ppo.kl import AdaptiveKLController, FixedKLController
 from alignment.tracking import PhaseTimer, Tracker
 
@@ -63,28 +58,21 @@ class PPOModels:
             self.shutdown()
             raise
 
-    def _split(self, role: Role, samples: list) -> tuple[ActorGroup, list[list]]:
-        """Equal contiguous shares per rank (padded with repeats of the first sample when uneven)."""
+    def forward(self, role: Role, batch: RolloutBatch) -> torch.Tensor:
+        """[B, R] per-response-token outputs of ``role`` (each rank gets an equal share of the batch)."""
         group = self.by_role[role]
-        per_rank = math.ceil(len(samples) / group.size)
-        padded = samples + [samples[0]] * (per_rank * group.size - len(samples))
-        return group, [padded[r * per_rank : (r + 1) * per_rank] for r in range(group.size)]
+        shares = batch.split(group.size)
+        return torch.cat(group.call_each("forward", [(role, share) for share in shares]))[: len(batch)]
 
-    def _per_sample(self, role: Role, method: str, samples: list, *leading: Any) -> list:
-        """``method(*leading, share)`` on every rank of the role's group; per-sample results in order."""
-        group, shares = self._split(role, samples)
-        results = group.call_each(method, [(*leading, share) for share in shares])
-        return [x for part in results for x in part][: len(samples)]
+    def score(self, prompts: list, texts: list[str]) -> torch.Tensor:
+        """[B] reward-model scores."""
+        group = self.by_role["reward"]
+        shares = [([prompts[i] for i in share], [texts[i] for i in share]) for share in equal_shares(len(texts), group.size)]
+        return torch.cat(group.call_each("score", shares))[: len(texts)]
 
-    def forward(self, role: Role, samples: list[dict]) -> list[list[float]]:
-        return self._per_sample(role, "forward", samples, role)
-
-    def score(self, samples: list[dict]) -> list[float]:
-        return self._per_sample("reward", "score", samples)
-
-    def train(self, role: Role, samples: list[dict], step: int, kl_coef: float) -> list[dict[str, float]]:
-        group, shares = self._split(role, samples)
-        return group.call_each("train", [(role, share, step, kl_coef) for share in shares])
+    def train(self, role: Role, batch: RolloutBatch, step: int, kl_coef: float) -> list[dict[str, float]]:
+        group = self.by_role[role]
+        return group.call_each("train", [(role, share, step, kl_coef) for share in batch.split(group.size)])
 
     def actor_weights(self):
         return self.by_role["actor"].call("actor_weights")[0][0]
@@ -234,89 +222,86 @@ class PPOJob:
 
     # ---- the four phases ---------------------------------------------------------------------
 
-    def rollout(self, step: int) -> list[Rollout]:
+    def rollout(self, step: int) -> RolloutBatch:
         cfg = self.config
         indices = self.sampler.indices(step - 1)
         sampling = cfg.sampling.model_copy(update={"seed": cfg.train.seed * 100_003 + step, "logprobs": True})
         generations = self.engines.generate([self.prompt_ids[i] for i in indices], sampling)
         eos = self.engines.tokenizer.eos_token_id
-        rollouts = []
-        for g in generations:
-            index = indices[g.prompt_index]
-            tokens, logprobs = (g.token_ids, g.logprobs) if g.token_ids else ([eos], [0.0])
-            rollouts.append(Rollout(self.prompts[index], self.prompt_ids[index], tokens, g.text, logprobs,
-                                    finished=g.finish_reason == "stop"))
-        return rollouts
+        prompts = [indices[g.prompt_index] for g in generations]
+        empty = [not g.token_ids for g in generations]  # an empty response is scored as its EOS alone
+        return RolloutBatch.from_samples(
+            prompt_ids=[self.prompt_ids[i] for i in prompts],
+            response_ids=[[eos] if e else g.token_ids for g, e in zip(generations, empty)],
+            rollout_logprobs=[[0.0] if e else g.logprobs for g, e in zip(generations, empty)],
+            finished=[g.finish_reason == "stop" for g in generations],
+            pad_id=self.engines.tokenizer.pad_token_id,
+            prompts=[self.prompts[i] for i in prompts],
+            texts=[g.text for g in generations],
+        )
 
-    def scores(self, prompts: list, texts: list[str], samples: list[dict]) -> tuple[torch.Tensor, dict[str, list[float]]]:
+    def scores(self, prompts: list, texts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The summed score of each response (reward model + reward functions) and each part."""
         cfg = self.config.reward
-        parts: dict[str, list[float]] = {}
+        parts: dict[str, torch.Tensor] = {}
         if cfg.model:
-            parts["model"] = self.models.score(samples)
+            parts["model"] = self.models.score(prompts, texts)
         for spec, function in self.reward_functions.items():
-            parts[spec] = function(prompts, texts)
-        total = torch.tensor([sum(values) for values in zip(*parts.values())], dtype=torch.float32)
-        return total, parts
+            parts[spec] = torch.tensor(function(prompts, texts), dtype=torch.float32)
+        return torch.stack(list(parts.values())).sum(dim=0), parts
 
-    def experience(self, rollouts: list[Rollout]) -> tuple[list[dict], dict[str, float]]:
+    def experience(self, batch: RolloutBatch) -> tuple[RolloutBatch, dict[str, float]]:
+        """Fill in the batch's training targets (old log-probs, advantages, values and returns)."""
         cfg = self.config
-        samples = [{"ids": r.prompt_ids + r.response_ids, "prompt_len": len(r.prompt_ids), "prompt": r.prompt, "text": r.text}
-                   for r in rollouts]
         roles = cfg.roles
-        logprobs, mask = pad(self.models.forward("actor", samples))
-        rollout_logprobs, _ = pad([r.rollout_logprobs for r in rollouts])
-        ref_logprobs = pad(self.models.forward("reference", samples))[0] if "reference" in roles else None
-        values = pad(self.models.forward("critic", samples))[0] if "critic" in roles else None
-        texts, prompts = [r.text for r in rollouts], [r.prompt for r in rollouts]
-        scores, parts = self.scores(prompts, texts, samples)
-        finished = torch.tensor([r.finished for r in rollouts], dtype=torch.float32)
+        mask = batch.response_mask
+        logprobs = self.models.forward("actor", batch)
+        ref_logprobs = self.models.forward("reference", batch) if "reference" in roles else None
+        values = self.models.forward("critic", batch) if "critic" in roles else None
+        scores, parts = self.scores(batch.prompts, batch.texts)
+        finished = batch.finished.float()
         if cfg.reward.missing_eos_penalty is not None:
             scores = scores - cfg.reward.missing_eos_penalty * (1.0 - finished)
         if cfg.reward.clip is not None:
             scores = scores.clamp(-cfg.reward.clip, cfg.reward.clip)
         exp = compute_experience(cfg.algorithm, cfg.kl, self.kl.value, scores, logprobs, mask, ref_logprobs, values,
                                  cfg.sampling.n)
-        for i, sample in enumerate(samples):
-            n = int(mask[i].sum())
-            sample["old_logprobs"] = logprobs[i, :n].tolist()
-            sample["advantages"] = exp.advantages[i, :n].tolist()
-            if values is not None:
-                sample["old_values"] = values[i, :n].tolist()
-                sample["returns"] = exp.returns[i, :n].tolist()
-            if ref_logprobs is not None and cfg.kl.use_in == "loss":
-                sample["ref_logprobs"] = ref_logprobs[i, :n].tolist()
+        batch.old_logprobs, batch.advantages = logprobs, exp.advantages * mask
+        if values is not None:
+            batch.old_values, batch.returns = values, exp.returns * mask
+        if cfg.kl_in_loss:
+            batch.ref_logprobs = ref_logprobs
         lengths = mask.sum(dim=1)
         sequence_kl = (((logprobs - ref_logprobs) * mask).sum(dim=1) if ref_logprobs is not None
-                       else torch.zeros(len(samples)))
+                       else torch.zeros(len(batch)))
         metrics = {
             "reward/score": float(scores.mean()),
             "reward/score_std": float(scores.std()) if len(scores) > 1 else 0.0,
-            **{f"reward/{name}": sum(v) / len(v) for name, v in parts.items()},
+            **{f"reward/{name}": float(v.mean()) for name, v in parts.items()},
             "kl/sequence": float(sequence_kl.mean()),
             "kl/token_estimate": float((exp.kl * mask).sum() / mask.sum()),
             "kl/coef": self.kl.value,
             "response/length": float(lengths.mean()),
             "response/eos_fraction": float(finished.mean()),
-            "rollout/mismatch": logprob_mismatch(logprobs, rollout_logprobs, mask),
+            "rollout/mismatch": logprob_mismatch(logprobs, batch.rollout_logprobs, mask),
             "advantages/mean": float((exp.advantages * mask).sum() / mask.sum()),
         }
         if self.gold is not None:
-            metrics["reward/gold"] = sum(gold := self.gold(prompts, texts)) / len(gold)
+            metrics["reward/gold"] = sum(gold := self.gold(batch.prompts, batch.texts)) / len(gold)
         if values is not None:
             metrics["critic/explained_variance"] = explained_variance(values, exp.returns, mask)
             metrics["critic/returns"] = float((exp.returns * mask).sum() / mask.sum())
-        self.kl.update(float(sequence_kl.mean()), len(samples))
-        self._log_samples(rollouts, scores, parts)
-        return samples, metrics
+        self.kl.update(float(sequence_kl.mean()), len(batch))
+        self._log_samples(batch, scores, parts)
+        return batch, metrics
 
-    def train(self, step: int, samples: list[dict]) -> dict[str, float]:
+    def train(self, step: int, batch: RolloutBatch) -> dict[str, float]:
         metrics: dict[str, float] = {}
         roles = ["critic"] if "critic" in self.config.roles else []
         if step > self.config.algorithm.critic_warmup_steps:
             roles.append("actor")
         for role in roles:
-            results = self.models.train(role, samples, step, self.kl.value)
+            results = self.models.train(role, batch, step, self.kl.value)
             metrics.update(reduce_train_metrics(results, "policy" if role == "actor" else "critic"))
         for key in ("policy/loss", "critic/loss"):
             if key in metrics and not math.isfinite(metrics[key]):
@@ -342,8 +327,7 @@ class PPOJob:
         metrics = {"eval/length": sum(len(g.token_ids) for g in generations) / len(generations)}
         if self.gold is not None:
             metrics["eval/gold"] = sum(gold := self.gold(prompts, texts)) / len(gold)
-        samples = [{"prompt": p, "text": t} for p, t in zip(prompts, texts)]
-        metrics["eval/score"] = float(self.scores(prompts, texts, samples)[0].mean())
+        metrics["eval/score"] = float(self.scores(prompts, texts)[0].mean())
         return metrics
 
     def save(self, step: int, metrics: dict) -> Path:
@@ -351,12 +335,12 @@ class PPOJob:
         self.models.save(staging)
         return self.checkpoints.commit(step, {"step": step, "kl_controller": self.kl.state_dict(), "metrics": metrics})
 
-    def _log_samples(self, rollouts: list[Rollout], scores: torch.Tensor, parts: dict[str, list[float]]) -> None:
-        count = self.config.train.samples_to_log
+    def _log_samples(self, batch: RolloutBatch, scores: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
+        count = min(self.config.train.samples_to_log, len(batch))
         self.pending_samples = [
-            {"prompt": r.prompt, "response": r.text, "score": round(float(scores[i]), 4),
-             **{name: round(v[i], 4) for name, v in parts.items()}, "finished": r.finished}
-            for i, r in enumerate(rollouts[:count])
+            {"prompt": batch.prompts[i], "response": batch.texts[i], "score": round(float(scores[i]), 4),
+             **{name: round(float(v[i]), 4) for name, v in parts.items()}, "finished": bool(batch.finished[i])}
+            for i in range(count)
         ]
 
     def write_samples(self, step: int) -> None:
@@ -423,12 +407,12 @@ def run_ppo(config: PPOConfig, resume: bool = False) -> Path:
         for step in range(start_step + 1, cfg.train.max_steps + 1):
             started = time.perf_counter()
             with timer.phase("generate"):
-                rollouts = job.rollout(step)
+                batch = job.rollout(step)
             tokens_per_s = job.engines.last_stats["tokens_per_s"]
             with timer.phase("experience"):
-                samples, metrics = job.experience(rollouts)
+                batch, metrics = job.experience(batch)
             with timer.phase("train"):
-                metrics.update(job.train(step, samples))
+                metrics.update(job.train(step, batch))
             with timer.phase("sync"):
                 metrics.update(job.sync())
             if job.eval_prompts and (step % cfg.train.eval_every == 0 or step == cfg.train.max_steps):

@@ -4,9 +4,8 @@ Which roles a process hosts is the ``colocate`` setting: colocated models share 
 (and its devices) and take turns. Every method is called on all ranks of the group at once,
 each with its own equal share of the samples (ZeRO-3 gathers are collective).
 
-A sample sent to a rank is a dict: ``ids`` (prompt + response tokens), ``prompt_len``, and for
-training the per-response-token lists ``old_logprobs``, ``advantages``, ``old_values``, ``returns``
-(and ``ref_logprobs`` when the KL term is in the loss); the reward role reads ``prompt`` and ``text``.
+What a rank receives is its share of one :class:`alignment.ppo.batch.RolloutBatch` (padded tensors
+with documented shapes); what it returns is a tensor of per-response-token outputs, [b, R].
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ import torch
 from alignment.cluster.group import DistributedWorker
 from alignment.data import length_balanced_micro_batches
 from alignment.models import load_causal_lm, load_tokenizer
+from alignment.ppo.batch import RolloutBatch
 from alignment.ppo.config import PPOConfig, Role
-from alignment.ppo.experience import pad
 from alignment.ppo.kl import kl_estimate
 from alignment.ppo.losses import aggregate, entropy_from_logits, policy_loss, value_loss
 from alignment.strategy import DeepSpeedStrategy
@@ -30,57 +29,29 @@ from rollout.weight_broadcast import BroadcastSender
 TRAINED: tuple[Role, ...] = ("actor", "critic")
 
 
-def sample_length(sample: dict) -> int:
-    return len(sample["ids"])
+def length_chunks(lengths: list[int], micro: int) -> list[list[int]]:
+    """Sample indices in micro-batches of similar length (fewer padded positions per forward)."""
+    return length_balanced_micro_batches(range(len(lengths)), lengths, 0, 1, micro)
 
 
-def response_length(sample: dict) -> int:
-    return len(sample["ids"]) - sample["prompt_len"]
-
-
-def length_chunks(samples: list, length, micro: int) -> list[list[int]]:
-    """Indices of ``samples`` in micro-batches of similar ``length`` (fewer padded positions per forward)."""
-    return length_balanced_micro_batches(range(len(samples)), [length(s) for s in samples], 0, 1, micro)
-
-
-def sequence_tensors(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ids and attention mask, and where each response token's prediction sits.
-
-    ``positions[i, j]`` is the logits position that predicts response token j of sample i
-    (prompt_len - 1 + j); ``response_mask`` marks real response tokens.
-    """
-    lengths = [len(s["ids"]) for s in samples]
-    input_ids = torch.full((len(samples), max(lengths)), pad_id, dtype=torch.long)
-    attention = torch.zeros_like(input_ids)
-    for row, sample in enumerate(samples):
-        input_ids[row, : lengths[row]] = torch.tensor(sample["ids"])
-        attention[row, : lengths[row]] = 1
-    response_lengths = torch.tensor([response_length(s) for s in samples])
-    offsets = torch.arange(int(response_lengths.max()))
-    prompt_lengths = torch.tensor([s["prompt_len"] for s in samples])
-    response_mask = (offsets[None, :] < response_lengths[:, None]).float()
-    positions = (prompt_lengths[:, None] - 1 + offsets[None, :]).clamp(max=input_ids.shape[1] - 2)
-    return {"input_ids": input_ids, "attention_mask": attention, "positions": positions, "response_mask": response_mask}
-
-
-def response_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float):
-    """Log-probabilities of each response token under softmax(logits / temperature), and the entropies."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    index = batch["positions"].to(logits.device)
+def response_logprobs(model: torch.nn.Module, batch: RolloutBatch, temperature: float):
+    """[b, R] log-probabilities of each response token under softmax(logits / temperature), and the entropies."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    index = batch.positions.to(logits.device)
     picked = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1])).float() / temperature
-    targets = batch["input_ids"].to(logits.device).gather(1, index + 1)
+    targets = batch.input_ids.to(logits.device).gather(1, index + 1)
     log_probs = torch.log_softmax(picked, dim=-1)
     return log_probs.gather(-1, targets[..., None]).squeeze(-1), entropy_from_logits(picked)
 
 
-def response_values(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The critic's value of the state before each response token."""
-    values = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., 0].float()
-    return values.gather(1, batch["positions"].to(values.device))
+def response_values(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
+    """[b, R] the critic's value of the state before each response token."""
+    values = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[..., 0].float()
+    return values.gather(1, batch.positions.to(values.device))
 
 
 class PPOWorker(BroadcastSender, DistributedWorker):
-    """Actor / critic / reference / reward on one rank; see the module docstring for the sample format."""
+    """Actor / critic / reference / reward on one rank; each call gets this rank's share of a RolloutBatch."""
 
     def setup(self, config: dict, roles: list[Role], total_updates: int) -> dict[str, int]:
         """Load this rank's models; returns each one's parameter count."""
@@ -132,86 +103,83 @@ class PPOWorker(BroadcastSender, DistributedWorker):
         model.config.pad_token_id = self.reward_tokenizer.pad_token_id
         return model
 
-    def _by_length(self, samples: list, outputs, length=len) -> list:
-        """``outputs(chunk)`` over micro-batches of similar ``length`` (less padding); results in the samples' order."""
-        results: list = [None] * len(samples)
-        for indices in length_chunks(samples, length, self.micro):
-            for index, result in zip(indices, outputs([samples[i] for i in indices])):
+    def _by_length(self, lengths: list[int], outputs) -> list:
+        """``outputs(indices)`` over micro-batches of similar length; the results in sample order."""
+        results: list = [None] * len(lengths)
+        for indices in length_chunks(lengths, self.micro):
+            for index, result in zip(indices, outputs(indices)):
                 results[index] = result
         return results
-
-    def _device_batch(self, role: Role, samples: list[dict]) -> dict[str, torch.Tensor]:
-        device = self.models[role].device
-        return {k: v.to(device) for k, v in sequence_tensors(samples, self.tokenizer.pad_token_id).items()}
 
     # ---- experience ------------------------------------------------------------------------
 
     @torch.no_grad()
-    def forward(self, role: Role, samples: list[dict]) -> list[list[float]]:
-        """Per-response-token outputs: log-probs (actor, reference) or values (critic)."""
-        engine = self.models[role].engine
-        engine.eval()
+    def forward(self, role: Role, batch: RolloutBatch) -> torch.Tensor:
+        """[b, R] per-response-token outputs: log-probs (actor, reference) or values (critic)."""
+        strategy = self.models[role]
+        strategy.engine.eval()
+        out = torch.zeros(batch.response_mask.shape)
 
-        def outputs(chunk: list[dict]) -> list[list[float]]:
-            batch = self._device_batch(role, chunk)
+        def outputs(indices: list[int]) -> list[torch.Tensor]:
+            chunk = batch.select(indices).to(strategy.device)
             if role == "critic":
-                out = response_values(engine, batch)
+                values = response_values(strategy.engine, chunk)
             else:
-                out, _ = response_logprobs(engine, batch, self.config.sampling.temperature)
-            lengths = batch["response_mask"].sum(dim=1).long().tolist()
-            return [row[:n].cpu().tolist() for row, n in zip(out, lengths)]
+                values, _ = response_logprobs(strategy.engine, chunk, self.config.sampling.temperature)
+            return list((values * chunk.response_mask).cpu())
 
-        return self._by_length(samples, outputs, sample_length)
+        for index, row in zip(range(len(batch)), self._by_length(batch.lengths.tolist(), outputs)):
+            out[index, : row.shape[0]] = row
+        return out
 
     @torch.no_grad()
-    def score(self, samples: list[dict]) -> list[float]:
-        """The reward model's score of each (prompt, response text)."""
+    def score(self, prompts: list, texts: list[str]) -> torch.Tensor:
+        """[b] the reward model's score of each (prompt, response text), read with its own tokenizer."""
         from reward.model import encode_conversations, score_token_ids
 
         strategy = self.models["reward"]
-        ids = encode_conversations(self.reward_tokenizer, [s["prompt"] for s in samples], [s["text"] for s in samples],
-                                   self.config.reward.max_length)
-        return self._by_length(ids, lambda chunk: score_token_ids(strategy.engine, chunk, self.reward_tokenizer.pad_token_id,
-                                                                  strategy.device))
+        ids = encode_conversations(self.reward_tokenizer, prompts, texts, self.config.reward.max_length)
+        scores = self._by_length([len(x) for x in ids], lambda indices: score_token_ids(
+            strategy.engine, [ids[i] for i in indices], self.reward_tokenizer.pad_token_id, strategy.device))
+        return torch.tensor(scores, dtype=torch.float32)
 
     # ---- training --------------------------------------------------------------------------
 
-    def train(self, role: Role, samples: list[dict], step: int, kl_coef: float = 0.0) -> dict[str, float]:
-        """All PPO epochs over this rank's samples in minibatches; returns summed metrics for the driver."""
+    def train(self, role: Role, batch: RolloutBatch, step: int, kl_coef: float = 0.0) -> dict[str, float]:
+        """All PPO epochs over this rank's share in minibatches; returns summed metrics for the driver."""
         cfg = self.config.algorithm
         strategy = self.models[role]
         strategy.engine.train()
         per_rank = cfg.mini_batch_size // self.world_size
         loss = self._actor_loss if role == "actor" else self._critic_loss
         mode = cfg.loss_aggregation if role == "actor" else "token"
+        lengths = batch.lengths.tolist()
         totals: dict[str, float] = {"updates": 0.0}
         for epoch in range(cfg.ppo_epochs):
-            order = np.random.default_rng([self.config.train.seed, step, epoch, self.rank]).permutation(len(samples))
-            for start in range(0, len(samples), per_rank):
-                minibatch = [samples[i] for i in order[start : start + per_rank]]
-                chunks = [[minibatch[i] for i in indices] for indices in length_chunks(minibatch, sample_length, self.micro)]
+            order = np.random.default_rng([self.config.train.seed, step, epoch, self.rank]).permutation(len(batch))
+            for start in range(0, len(batch), per_rank):
+                minibatch = order[start : start + per_rank].tolist()
+                chunks = [batch.select([minibatch[i] for i in indices]) for indices in
+                          length_chunks([lengths[i] for i in minibatch], self.micro)]
                 result = optimizer_step(
-                    strategy, chunks, lambda batch: loss(batch, mode, kl_coef),
-                    lambda batch: float(len(batch)) if mode == "sequence" else float(sum(map(response_length, batch))),
+                    strategy, chunks, lambda chunk: loss(chunk.to(strategy.device), mode, kl_coef),
+                    lambda chunk: float(len(chunk)) if mode == "sequence" else float(chunk.loss_mask.sum()),
                 )
                 for key, value in result.items():
                     totals[key] = value if key in ("grad_norm", "lr") else totals.get(key, 0.0) + value
                 totals["updates"] += 1
         return totals
 
-    def _actor_loss(self, samples: list[dict], mode: str, kl_coef: float):
+    def _actor_loss(self, batch: RolloutBatch, mode: str, kl_coef: float):
         cfg = self.config.algorithm
-        batch = self._device_batch("actor", samples)
-        mask = batch["response_mask"]
+        mask = batch.loss_mask
         logprobs, entropy = response_logprobs(self.models["actor"].engine, batch, self.config.sampling.temperature)
-        old = pad([s["old_logprobs"] for s in samples])[0].to(mask.device)
-        advantages = pad([s["advantages"] for s in samples])[0].to(mask.device)
-        token_loss, clipped, ratio = policy_loss(logprobs, old, advantages, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
+        old = batch.old_logprobs
+        token_loss, clipped, ratio = policy_loss(logprobs, old, batch.advantages, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
         if cfg.entropy_coef:
             token_loss = token_loss - cfg.entropy_coef * entropy
-        if "ref_logprobs" in samples[0]:
-            ref = pad([s["ref_logprobs"] for s in samples])[0].to(mask.device)
-            token_loss = token_loss + kl_coef * kl_estimate(logprobs, ref, self.config.kl.estimator)
+        if self.config.kl_in_loss:
+            token_loss = token_loss + kl_coef * kl_estimate(logprobs, batch.ref_logprobs, self.config.kl.estimator)
         loss_sum, units = aggregate(token_loss, mask, mode)
         log_ratio = (logprobs - old).detach()
         metrics = {
@@ -223,14 +191,12 @@ class PPOWorker(BroadcastSender, DistributedWorker):
         }
         return loss_sum, units, metrics
 
-    def _critic_loss(self, samples: list[dict], mode: str, kl_coef: float):
-        batch = self._device_batch("critic", samples)
-        mask = batch["response_mask"]
+    def _critic_loss(self, batch: RolloutBatch, mode: str, kl_coef: float):
+        mask = batch.loss_mask
         values = response_values(self.models["critic"].engine, batch)
-        old = pad([s["old_values"] for s in samples])[0].to(mask.device)
-        returns = pad([s["returns"] for s in samples])[0].to(mask.device)
+        old = batch.old_values
         clip = self.config.algorithm.value_clip
-        loss_sum, units = aggregate(value_loss(values, old, returns, clip), mask, "token")
+        loss_sum, units = aggregate(value_loss(values, old, batch.returns, clip), mask, "token")
         clipped = ((values - old).abs() > clip).float() if clip is not None else torch.zeros_like(mask)
         metrics = {
             "tokens": float(mask.sum()),
