@@ -9,7 +9,6 @@ step, so the result is independent of how the batch is split over ranks and micr
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,10 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
-from alignment.checkpoint import CheckpointManager, check_output_dir
 from alignment.cluster.group import ActorGroup, DistributedWorker
-from alignment.config import dump_config
 from alignment.data import RowCheck
-from alignment.errors import AlignError
-from alignment.logs import open_job_log
+from alignment.job import TrainingRun
 from alignment.strategy import DeepSpeedStrategy
-from alignment.tracking import PhaseTimer, Tracker
 
 
 class TrainWorker(DistributedWorker):
@@ -212,92 +207,48 @@ def check_inputs(config: Any, check_rows: Callable[[str, Any], RowCheck],
 
 def run_training(config: Any, worker_cls: type[TrainWorker], resume: bool = False) -> Path:
     """Drive a training job end to end; returns the directory of the final HF model."""
-    from tqdm import tqdm
-
     from alignment.cluster.runtime import start_ray
     from alignment.data import StepSampler
 
-    output_dir = check_output_dir(config.output_dir)
-    open_job_log(output_dir)
-    checkpoints = CheckpointManager(output_dir, keep=config.train.keep_checkpoints)
-    resume_from = checkpoints.latest() if resume else None
-    if resume and resume_from is None:
-        print(f"no checkpoint under {checkpoints.root}; starting from scratch")
-    (output_dir / "config.yaml").write_text(dump_config(config))
-
-    timer = PhaseTimer()
+    run = TrainingRun(config, resume)
+    timer = run.timer
     with timer.phase("startup"):
         start_ray(config.cluster)
         group = ActorGroup(worker_cls, config.cluster, name=worker_cls.__name__.lower(),
                            timeout_minutes=config.strategy.timeout_minutes)
-        sizes = group.call("setup", config.model_dump(mode="json"))[0]
-        sampler = StepSampler(sizes["train"], config.train.global_batch_size, config.train.seed, config.data.shuffle)
-        total_steps = config.train.max_steps or sampler.steps_per_epoch * config.train.epochs
-        parameters = group.call("prepare", total_steps)[0]
-    start_step, resume_metrics = 0, None
-    if resume_from is not None:
-        with timer.phase("resume"):
-            group.call("load", str(resume_from))
-            state = checkpoints.load_state(resume_from)
-            start_step, resume_metrics = state["step"], state.get("metrics")
-        print(f"resumed from {resume_from} at step {start_step}")
-    print(
-        f"{worker_cls.__name__}: {parameters / 1e6:.2f}M parameters, {sizes['train']} train / {sizes['eval']} eval rows, "
-        f"{total_steps} steps of {config.train.global_batch_size} on {config.cluster.num_workers} ranks, "
-        f"ZeRO-{config.strategy.zero_stage}; startup {timer.pop()['time/startup_s']:.1f} s"
-    )
-
-    tracker = Tracker(output_dir, config.tracking, config.model_dump(mode="json"), resume_step=start_step,
-                      resume_metrics=resume_metrics)
-    progress = tqdm(total=total_steps, initial=start_step, desc="train", disable=not config.tracking.progress,
-                    dynamic_ncols=True)
     try:
-        for step in range(start_step + 1, total_steps + 1):
-            started = time.perf_counter()
+        with timer.phase("startup"):
+            sizes = group.call("setup", config.model_dump(mode="json"))[0]
+            sampler = StepSampler(sizes["train"], config.train.global_batch_size, config.train.seed, config.data.shuffle)
+            total_steps = config.train.max_steps or sampler.steps_per_epoch * config.train.epochs
+            parameters = group.call("prepare", total_steps)[0]
+        start_step, state = 0, run.resume_state()
+        if run.resume_from is not None:
+            with timer.phase("resume"):
+                group.call("load", str(run.resume_from))
+                start_step = state["step"]
+            print(f"resumed from {run.resume_from} at step {start_step}")
+        print(
+            f"{worker_cls.__name__}: {parameters / 1e6:.2f}M parameters, {sizes['train']} train / {sizes['eval']} eval rows, "
+            f"{total_steps} steps of {config.train.global_batch_size} on {config.cluster.num_workers} ranks, "
+            f"ZeRO-{config.strategy.zero_stage}; startup {timer.pop()['time/startup_s']:.1f} s"
+        )
+        run.open_tracker(start_step, state)
+
+        def train_step(step: int) -> dict[str, Any]:
             with timer.phase("train"):
-                results = group.call("train_step", sampler.indices(step - 1))
-            metrics = reduce_metrics(results, "train")
-            if not math.isfinite(metrics["train/loss"]):
-                raise AlignError(f"loss is {metrics['train/loss']} at step {step}; stopping without saving. "
-                                 f"The last good checkpoint is {checkpoints.latest()}")
+                metrics = reduce_metrics(group.call("train_step", sampler.indices(step - 1)), "train")
             metrics["train/epoch"] = (step - 1) / sampler.steps_per_epoch
-            if step % config.train.eval_every == 0 or step == total_steps:
-                with timer.phase("eval"):
-                    metrics.update(reduce_metrics(group.call("evaluate"), "eval")) if sizes["eval"] else None
-            if step % config.train.save_every == 0 or step == total_steps:
-                with timer.phase("checkpoint"):
-                    save_checkpoint(group, checkpoints, step, metrics)
-            metrics.update(timer.pop())
-            metrics["time/step_s"] = round(time.perf_counter() - started, 4)
-            if step % config.tracking.log_every == 0 or step == total_steps:
-                tracker.log(step, metrics)
-            progress.update(1)
-            progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
-        final = output_dir / "final"
-        latest = checkpoints.latest()
-        if latest is not None:
-            _replace_dir(latest / "hf", final)
-        progress.close()
-        print(f"final model: {final}\nmetrics: {tracker.path}\nTensorBoard: tensorboard --logdir {output_dir}")
+            return metrics
+
+        def write(staging: Path) -> None:
+            group.call("save", str(staging))
+            group.call("export_hf", str(staging / "hf"))
+
+        final = run.loop(start_step, total_steps, train_step, write,
+                         evaluate=(lambda: reduce_metrics(group.call("evaluate"), "eval")) if sizes["eval"] else None,
+                         postfix=lambda m: {"loss": f"{m['train/loss']:.4f}"})
+        print(f"final model: {final}\nmetrics: {run.tracker.path}\nTensorBoard: tensorboard --logdir {run.output_dir}")
         return final
     finally:
-        progress.close()
-        tracker.close()
         group.shutdown()
-
-
-def save_checkpoint(group: ActorGroup, checkpoints: CheckpointManager, step: int, metrics: dict) -> Path:
-    staging = checkpoints.staging_dir(step)
-    group.call("save", str(staging))
-    group.call("export_hf", str(staging / "hf"))
-    return checkpoints.commit(step, {"step": step, "metrics": metrics})
-
-
-def _replace_dir(source: Path, target: Path) -> None:
-    import shutil
-
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(source, partial)
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)

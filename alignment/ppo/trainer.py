@@ -12,23 +12,18 @@ the driver holds the data order, the KL controller, metrics and whole-job checkp
 from __future__ import annotations
 
 import json
-import math
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from alignment.checkpoint import CheckpointManager, check_output_dir
 from alignment.cluster.group import ActorGroup
-from alignment.config import dump_config
 from alignment.errors import AlignError
-from alignment.logs import open_job_log
+from alignment.job import TrainingRun
 from alignment.ppo.batch import RolloutBatch, equal_shares
 from alignment.ppo.config import PPOConfig, Role
 from alignment.ppo.experience import compute_experience, explained_variance, logprob_mismatch
 from alignment.ppo.kl import AdaptiveKLController, FixedKLController
-from alignment.tracking import PhaseTimer, Tracker
 
 if TYPE_CHECKING:
     from rollout.engine import RolloutEngines
@@ -171,18 +166,13 @@ class PPOJob:
 
         check_ppo_inputs(config)
         self.config = cfg = config
-        self.output_dir = check_output_dir(cfg.output_dir)
-        open_job_log(self.output_dir)
-        self.checkpoints = CheckpointManager(self.output_dir, keep=cfg.train.keep_checkpoints)
-        self.resume_from = self.checkpoints.latest() if resume else None
-        if resume and self.resume_from is None:
-            print(f"no checkpoint under {self.checkpoints.root}; starting from scratch")
-        (self.output_dir / "config.yaml").write_text(dump_config(cfg))
+        self.run = TrainingRun(cfg, resume)
+        self.output_dir, self.checkpoints, self.resume_from = self.run.output_dir, self.run.checkpoints, self.run.resume_from
         self.reward_functions = {spec: load_reward_function(spec) for spec in cfg.reward.functions}
         self.gold = load_reward_function(cfg.reward.gold) if cfg.reward.gold else None
         algo = cfg.algorithm
         self.batch_size = algo.prompts_per_step * cfg.sampling.n
-        self.timer = PhaseTimer()
+        self.timer = self.run.timer
         self.engines = self.models = None
         try:
             self._start()
@@ -303,10 +293,6 @@ class PPOJob:
         for role in roles:
             results = self.models.train(role, batch, step, self.kl.value)
             metrics.update(reduce_train_metrics(results, "policy" if role == "actor" else "critic"))
-        for key in ("policy/loss", "critic/loss"):
-            if key in metrics and not math.isfinite(metrics[key]):
-                raise AlignError(f"{key} is {metrics[key]} at step {step}; stopping without saving. "
-                                 f"The last good checkpoint is {self.checkpoints.latest()}")
         return metrics
 
     def sync(self) -> dict[str, float]:
@@ -330,10 +316,11 @@ class PPOJob:
         metrics["eval/score"] = float(self.scores(prompts, texts)[0].mean())
         return metrics
 
-    def save(self, step: int, metrics: dict) -> Path:
-        staging = self.checkpoints.staging_dir(step)
+    def write_checkpoint(self, staging: Path) -> dict[str, Any]:
+        """Every trained model's state and the actor's ``hf/`` into ``staging``; the KL controller's state
+        goes into the committed state."""
         self.models.save(staging)
-        return self.checkpoints.commit(step, {"step": step, "kl_controller": self.kl.state_dict(), "metrics": metrics})
+        return {"kl_controller": self.kl.state_dict()}
 
     def _log_samples(self, batch: RolloutBatch, scores: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
         count = min(self.config.train.samples_to_log, len(batch))
@@ -374,19 +361,13 @@ def reduce_train_metrics(results: list[dict[str, float]], prefix: str) -> dict[s
 
 def run_ppo(config: PPOConfig, resume: bool = False) -> Path:
     """Run `align ppo`; returns the directory of the final policy (a plain HF model)."""
-    from tqdm import tqdm
-
-    from alignment.trainer import _replace_dir
-
     job = PPOJob(config, resume)
-    cfg, timer = config, job.timer
-    tracker = None
+    cfg, timer, run = config, job.timer, job.run
     try:
-        start_step, state = 0, {}
+        start_step, state = 0, run.resume_state()
         if job.resume_from is not None:
             with timer.phase("resume"):
                 job.models.load(job.resume_from)
-                state = job.checkpoints.load_state(job.resume_from)
                 start_step = state["step"]
                 job.kl.load_state_dict(state["kl_controller"])
                 job.sync()
@@ -396,49 +377,31 @@ def run_ppo(config: PPOConfig, resume: bool = False) -> Path:
         print(f"ppo ({cfg.algorithm.advantage}): groups {groups}; {params}; {cfg.rollout.num_engines} {cfg.rollout.backend} "
               f"engine(s); {job.batch_size} samples per step ({cfg.algorithm.prompts_per_step} prompts x {cfg.sampling.n}); "
               f"startup {timer.pop().get('time/startup_s', 0.0):.1f} s")
-        tracker = Tracker(job.output_dir, cfg.tracking, cfg.model_dump(mode="json"), resume_step=start_step,
-                          resume_metrics=state.get("metrics"))
+        tracker = run.open_tracker(start_step, state)
         if start_step == 0 and job.eval_prompts:
             with timer.phase("eval"):
                 tracker.log(0, job.evaluate())
             timer.pop()
-        progress = tqdm(total=cfg.train.max_steps, initial=start_step, desc="ppo", disable=not cfg.tracking.progress,
-                        dynamic_ncols=True)
-        for step in range(start_step + 1, cfg.train.max_steps + 1):
-            started = time.perf_counter()
+
+        def step(number: int) -> dict[str, Any]:
             with timer.phase("generate"):
-                batch = job.rollout(step)
+                batch = job.rollout(number)
             tokens_per_s = job.engines.last_stats["tokens_per_s"]
             with timer.phase("experience"):
                 batch, metrics = job.experience(batch)
             with timer.phase("train"):
-                metrics.update(job.train(step, batch))
+                metrics.update(job.train(number, batch))
             with timer.phase("sync"):
                 metrics.update(job.sync())
-            if job.eval_prompts and (step % cfg.train.eval_every == 0 or step == cfg.train.max_steps):
-                with timer.phase("eval"):
-                    metrics.update(job.evaluate())
-            if step % cfg.train.save_every == 0 or step == cfg.train.max_steps:
-                with timer.phase("checkpoint"):
-                    job.save(step, metrics)
-            metrics.update(timer.pop())
-            metrics["time/step_s"] = round(time.perf_counter() - started, 4)
             metrics["rollout/tokens_per_s"] = tokens_per_s
-            metrics["time/samples_per_s"] = job.batch_size / metrics["time/step_s"]
-            if step % cfg.tracking.log_every == 0 or step == cfg.train.max_steps:
-                tracker.log(step, metrics)
-            job.write_samples(step)
-            progress.update(1)
-            progress.set_postfix(score=f"{metrics['reward/score']:.3f}", kl=f"{metrics['kl/sequence']:.3f}")
-        progress.close()
-        final = job.output_dir / "final"
-        latest = job.checkpoints.latest()
-        if latest is not None:
-            _replace_dir(latest / "hf", final)
+            return metrics
+
+        final = run.loop(start_step, cfg.train.max_steps, step, job.write_checkpoint,
+                         evaluate=job.evaluate if job.eval_prompts else None, finite=("policy/loss", "critic/loss"),
+                         postfix=lambda m: {"score": f"{m['reward/score']:.3f}", "kl": f"{m['kl/sequence']:.3f}"},
+                         after_log=job.write_samples, samples_per_step=job.batch_size, desc="ppo")
         print(f"final policy: {final}\nmetrics: {tracker.path}\nsamples: {job.samples_log}\n"
               f"TensorBoard: tensorboard --logdir {job.output_dir}")
         return final
     finally:
-        if tracker is not None:
-            tracker.close()
         job.shutdown()
