@@ -159,7 +159,7 @@ def _reward_model_scorer(path: str, batch_size: int,
 def check_compare_templates(prompts: Sequence[Any], config: CompareConfig) -> None:
     """Chat prompts need a template in every checkpoint and every reward model (or ``chat_template``);
     checked before any engine starts. The reference only scores token ids the checkpoints' tokenizers made."""
-    from alignment.jobs.generate import check_prompt_templates
+    from alignment.generation import check_prompt_templates
 
     models = [*config.checkpoints, *config.reward_models]
     check_prompt_templates(list(prompts), list(dict.fromkeys(models)), config.chat_template, config.prompts)
@@ -168,7 +168,7 @@ def check_compare_templates(prompts: Sequence[Any], config: CompareConfig) -> No
 def run_compare(config: CompareConfig) -> Path:
     """The whole comparison; returns the path of report.html."""
     from alignment.compare_report import write_report
-    from alignment.jobs.generate import GenerateConfig, read_prompts
+    from alignment.generation import GenerateConfig
     from alignment.logs import open_job_log
     from alignment.tracking import PhaseTimer
 
@@ -179,7 +179,7 @@ def run_compare(config: CompareConfig) -> Path:
     output = Path(config.output)
     generate_config = GenerateConfig(
         checkpoints=config.checkpoints, prompts=config.prompts, prompt_field=config.prompt_field,
-        chat_template=config.chat_template, max_prompts=config.max_prompts, output=str(output / "samples.tmp.jsonl"), batch_size=config.batch_size,
+        chat_template=config.chat_template, max_prompts=config.max_prompts, batch_size=config.batch_size,
         rollout=config.rollout, sampling=config.sampling, cluster=config.cluster, progress=config.progress,
     )
     with timer.phase("check"):
@@ -188,7 +188,7 @@ def run_compare(config: CompareConfig) -> Path:
         check_model(reference, "reference")
         check_same_vocabulary(reference, config.checkpoints)
         scorers = build_scorers(config)
-        prompts = read_prompts(generate_config)
+        prompts = generate_config.read_prompts()
         check_compare_templates(prompts, config)
     log.info("compare: %d checkpoints x %d prompts x %d samples; scores %s; KL against %s",
              len(names), len(prompts), config.sampling.n, [s.name for s in scorers] or "none", reference)
@@ -198,7 +198,7 @@ def run_compare(config: CompareConfig) -> Path:
     with timer.phase("score"):
         score_records(records, scorers)
     with timer.phase("kl"):
-        add_kl(records, prompts, config, names, reference)
+        add_kl(records, config, names, reference)
     with timer.phase("statistics"):
         metrics = compute_metrics(records, names, [s.name for s in scorers], config.bootstrap)
     metrics["checkpoints"] = {name: {"path": path, "tokens_per_s": speeds[path], **metrics["checkpoints"][name]}
@@ -219,22 +219,17 @@ def run_compare(config: CompareConfig) -> Path:
 
 
 def generate_records(config: Any, names: Sequence[str]) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Samples of every checkpoint through ``align generate``; one record per sample, tokens/s per checkpoint."""
-    from alignment.jobs.generate import generate_to_file
+    """Samples of every checkpoint (in memory); one record per sample, tokens/s per checkpoint."""
+    from alignment.generation import generate
 
-    speeds = generate_to_file(config)
+    generations, speeds = generate(config)
     name_of = dict(zip(config.checkpoints, names))
-    path = Path(config.output)
-    records = []
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        records.append({
-            "checkpoint": name_of[row["checkpoint"]], "checkpoint_path": row["checkpoint"],
-            "prompt_index": row["prompt_index"], "sample_index": row["sample_index"], "prompt": row["prompt"],
-            "response": row["completion"], "tokens": len(row["token_ids"]), "finish_reason": row["finish_reason"],
-            "token_ids": row["token_ids"], "scores": {}, "kl": None,
-        })
-    path.unlink()
+    records = [{
+        "checkpoint": name_of[row["checkpoint"]], "checkpoint_path": row["checkpoint"],
+        "prompt_index": row["prompt_index"], "sample_index": row["sample_index"], "prompt": row["prompt"],
+        "response": row["completion"], "tokens": len(row["token_ids"]), "finish_reason": row["finish_reason"],
+        "prompt_ids": row["prompt_ids"], "token_ids": row["token_ids"], "scores": {}, "kl": None,
+    } for row in generations]
     return records, speeds
 
 
@@ -254,27 +249,19 @@ def score_records(records: list[dict[str, Any]], scorers: Sequence[Scorer]) -> N
         log.info("compare: scored %d samples with %s in %.1f s", len(records), scorer.name, time.perf_counter() - started)
 
 
-def add_kl(records: list[dict[str, Any]], prompts: Sequence[Any], config: CompareConfig, names: Sequence[str],
-           reference: str) -> None:
+def add_kl(records: list[dict[str, Any]], config: CompareConfig, names: Sequence[str], reference: str) -> None:
     """Per sample, the k1 estimate of the sequence KL: sum over response tokens of logp_checkpoint - logp_reference.
 
     Both sides come from the same code (a transformers fp32 forward at temperature 1, not the engine's
     post-temperature log-probabilities), so a checkpoint compared with itself gives exactly 0.
     """
     from alignment.data import IGNORE_INDEX, TokenizedExample
-    from alignment.models import load_tokenizer
-    from rollout.engine import encode_prompts
 
-    examples = {}
-    for name, checkpoint in zip(names, config.checkpoints):
-        # The prompt ids the engine generated from (RolloutEngines encodes with the checkpoint's tokenizer).
-        prompt_ids = encode_prompts(load_tokenizer(checkpoint, config.chat_template), prompts,
-                                    config.rollout.max_model_len)
-        examples[name] = [
-            TokenizedExample(prompt_ids[r["prompt_index"]] + r["token_ids"],
-                             [IGNORE_INDEX] * len(prompt_ids[r["prompt_index"]]) + r["token_ids"])
-            for r in records if r["checkpoint"] == name
-        ]
+    examples = {  # the prompt ids the engine generated from, then the sampled tokens
+        name: [TokenizedExample(r["prompt_ids"] + r["token_ids"], [IGNORE_INDEX] * len(r["prompt_ids"]) + r["token_ids"])
+               for r in records if r["checkpoint"] == name]
+        for name in names
+    }
     everything = [example for name in names for example in examples[name]]
     reference_logps = iter(sequence_logprobs(reference, everything, config, "KL reference"))
     for name, checkpoint in zip(names, config.checkpoints):

@@ -86,6 +86,23 @@ def row_location(path: str | Path, index: int) -> str:
     return f"{path} row {index + 1}"
 
 
+def is_prompt(value: Any) -> bool:
+    """Text, a conversation, or a list of token ids."""
+    return ((isinstance(value, str) and bool(value)) or is_messages(value)
+            or (isinstance(value, list) and bool(value) and all(isinstance(t, int) for t in value)))
+
+
+def read_prompts(path: str | Path, field: str = "prompt", limit: int | None = None) -> list[Any]:
+    """The ``field`` of every row (the first ``limit``): text (TRL's standard format), messages
+    (conversational) or token ids; a row without one names its file and line."""
+    records = read_records(path)[:limit]
+    for index, row in enumerate(records):
+        if not is_prompt(row.get(field)):
+            raise AlignError(f"{row_location(path, index)}: no prompt under {field!r} "
+                             "(text, [{role, content}, ...] or token ids)")
+    return [row[field] for row in records]
+
+
 @dataclass
 class TokenizedExample:
     input_ids: list[int]

@@ -12,6 +12,7 @@ common leading messages (TRL's implicit prompt). Malformed rows stop with the fi
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -97,6 +98,13 @@ def _margin(row: dict[str, Any], config) -> float:
     return float(value)
 
 
+def ranking_pairs(ranks: Mapping[Any, float] | Sequence[float]) -> list[tuple[Any, Any]]:
+    """Every ordered (better, worse) pair of a ranking (rank 1 is best; a mapping's keys or a list's
+    indices); tied responses give no pair."""
+    keys = list(ranks) if isinstance(ranks, Mapping) else list(range(len(ranks)))
+    return [(a, b) if ranks[a] < ranks[b] else (b, a) for a, b in combinations(keys, 2) if ranks[a] != ranks[b]]
+
+
 def _ranking_pairs(row: dict[str, Any], config) -> list[tuple[Part, Part, Part, float]]:
     responses, ranks = row.get(config.responses_field), row.get(config.ranks_field)
     if not isinstance(responses, list) or not isinstance(ranks, list) or len(responses) != len(ranks) or len(ranks) < 2:
@@ -108,12 +116,8 @@ def _ranking_pairs(row: dict[str, Any], config) -> list[tuple[Part, Part, Part, 
     chat = is_conversational_row(row, config)
     prompt = _part(row[config.prompt_field], "user", config.prompt_field, chat)
     answers = [_part(r, "assistant", config.responses_field, chat) for r in responses]
-    pairs = []
-    for i, j in combinations(range(len(answers)), 2):
-        if ranks[i] != ranks[j]:
-            better, worse = (i, j) if ranks[i] < ranks[j] else (j, i)
-            pairs.append((prompt, answers[better], answers[worse], float(abs(ranks[i] - ranks[j]))))
-    return pairs
+    return [(prompt, answers[better], answers[worse], float(abs(ranks[better] - ranks[worse])))
+            for better, worse in ranking_pairs(ranks)]
 
 
 def check_preference_rows(path: str | Path, config) -> RowCheck:

@@ -73,7 +73,7 @@ def timed_worker_class():
     class TimedPPOWorker(PPOWorker):
         def setup(self, *args, **kwargs):
             counts = super().setup(*args, **kwargs)
-            self.model_seconds = 0.0
+            self.model_seconds = self.call_seconds = 0.0
             for strategy in self.models.values():
                 module = strategy.engine.module
                 module.forward = self._timed(module.forward)
@@ -90,8 +90,26 @@ def timed_worker_class():
                     self.model_seconds += time.perf_counter() - started
             return timed
 
-        def take_model_seconds(self) -> float:
-            seconds, self.model_seconds = self.model_seconds, 0.0
+        def forward(self, *args, **kwargs):
+            return self._call(super().forward, *args, **kwargs)
+
+        def score(self, *args, **kwargs):
+            return self._call(super().score, *args, **kwargs)
+
+        def train(self, *args, **kwargs):
+            return self._call(super().train, *args, **kwargs)
+
+        def _call(self, method, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.call_seconds += time.perf_counter() - started
+
+        def take_seconds(self) -> tuple[float, float]:
+            """(model seconds, seconds inside the worker's methods) since the last call."""
+            seconds = (self.model_seconds, self.call_seconds)
+            self.model_seconds = self.call_seconds = 0.0
             return seconds
 
     return TimedPPOWorker
@@ -142,20 +160,22 @@ def main() -> None:
     try:
         for step in range(1, args.steps + 2):
             rollout = made_up_rollout(tokenizer, step)
-            group.call("take_model_seconds")
+            group.call("take_seconds")
             started = time.perf_counter()
             prepared, _ = job.experience(rollout)
             experience_s = time.perf_counter() - started
-            experience_model_s = max(group.call("take_model_seconds"))
+            experience_model_s, experience_calls_s = (max(x) for x in zip(*group.call("take_seconds")))
             started = time.perf_counter()
             job.train(step, prepared)
             train_s = time.perf_counter() - started
-            train_model_s = max(group.call("take_model_seconds"))
+            train_model_s, train_calls_s = (max(x) for x in zip(*group.call("take_seconds")))
             overhead = experience_s - experience_model_s + train_s - train_model_s
+            outside = experience_s - experience_calls_s + train_s - train_calls_s
             rows.append(overhead)
             print(f"step {step}{' (warm-up)' if step == 1 else ''}: experience {experience_s:.2f} s "
                   f"(models {experience_model_s:.2f}), train {train_s:.2f} s (models {train_model_s:.2f}); "
-                  f"overhead {overhead:.2f} s", flush=True)
+                  f"overhead {overhead:.2f} s, of which {outside:.2f} s outside the workers' methods "
+                  f"(driver, transport)", flush=True)
     finally:
         job.models.shutdown()
     timed = rows[1:]

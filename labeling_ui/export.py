@@ -8,21 +8,17 @@ as one assistant message each (TRL's conversational format).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from alignment.errors import AlignError
+from alignment.preference_data import ranking_pairs
 from labeling_ui.agreement import consensus
 from labeling_ui.store import RankedItem, Store, audit, ranked_items
 
 Mode = Literal["all", "consensus"]
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
-
-
-def ranking_pairs(ranks: Mapping[int, int]) -> list[tuple[int, int]]:
-    """Every ordered (better, worse) pair of a ranking; tied candidates give no pair."""
-    return [(a, b) for a in ranks for b in ranks if ranks[a] < ranks[b]]
 
 
 def _response(item: RankedItem, text: str) -> str | list[dict[str, str]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,7 @@ def generate_candidates(prompts_file: str, checkpoints: list[str], samples: int 
 
     ``chat_template`` (a built-in name or a Jinja file) renders chat prompts for checkpoints without one."""
     from alignment.config import align_home
-    from alignment.jobs.generate import GenerateConfig, generate_to_file
+    from alignment.generation import GenerateConfig, generate
     from alignment.logs import open_job_log
     from alignment.models import check_model_dir
 
@@ -57,17 +56,12 @@ def generate_candidates(prompts_file: str, checkpoints: list[str], samples: int 
         raise AlignError(f"checkpoints x samples must give 2 to {MAX_CANDIDATES} candidates per prompt, got {count}")
     for checkpoint in checkpoints:  # every path is checked before any generation starts
         check_model_dir(checkpoint)
-    # The samples go to a scratch file, so the libraries log to $ALIGN_HOME/logs/label-generate
-    # (unless this is part of a run that already keeps one, such as the demo).
+    # The libraries log to $ALIGN_HOME/logs/label-generate (unless this is part of a run that keeps
+    # a log already, such as the demo).
     open_job_log(align_home() / "logs" / "label-generate")
-    with tempfile.TemporaryDirectory() as scratch:
-        output = Path(scratch) / "samples.jsonl"
-        config = GenerateConfig(
-            checkpoints=checkpoints, prompts=prompts_file, max_prompts=max_prompts, output=str(output),
-            chat_template=chat_template,
-            rollout={"backend": backend}, sampling={"n": samples, "max_tokens": max_tokens,
-                                                    "temperature": temperature, "seed": seed},
-        )
-        generate_to_file(config)
-        rows = [json.loads(line) for line in output.read_text().splitlines()]
-    return records_from_generations(rows)
+    config = GenerateConfig(
+        checkpoints=checkpoints, prompts=prompts_file, max_prompts=max_prompts, chat_template=chat_template,
+        rollout={"backend": backend}, sampling={"n": samples, "max_tokens": max_tokens, "temperature": temperature,
+                                                "seed": seed},
+    )
+    return records_from_generations(generate(config)[0])

@@ -19,20 +19,26 @@ import torch
 Prompt = str | list[dict[str, Any]]
 
 
+def reward_head_model(path: str | Path, dtype: torch.dtype, pad_token_id: int) -> torch.nn.Module:
+    """The reward architecture on the model in ``path``: sequence classification with one output (a new
+    head on a causal LM, the trained one on a reward model), reading the last token before ``pad_token_id``."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=dtype)
+    model.config.pad_token_id = pad_token_id
+    return model
+
+
 def load_reward_model(path: str | Path, dtype: torch.dtype = torch.float32, chat_template: str | None = None):
-    """A sequence-classification model with one output (the reward), with its pad token set.
+    """A trained reward model and its tokenizer.
 
     The tokenizer keeps the chat template the model was trained with; ``chat_template`` fills in
     only where it has none."""
-    from transformers import AutoModelForSequenceClassification
-
     from alignment.chat_templates import has_chat_template
     from alignment.models import load_tokenizer
 
     tokenizer = load_tokenizer(path, None if has_chat_template(path) else chat_template)
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=dtype)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+    return reward_head_model(path, dtype, tokenizer.pad_token_id), tokenizer
 
 
 def save_reward_model(state_dict: dict[str, torch.Tensor], model_config, tokenizer, out_dir: Path) -> None:

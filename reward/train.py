@@ -11,6 +11,7 @@ from alignment.errors import AlignError
 from alignment.losses import bradley_terry_loss
 from alignment.preference_data import PreferencePair, check_preference_rows
 from alignment.trainer import PairWorker, check_inputs, run_training
+from reward.model import reward_head_model
 
 
 def pair_rewards(model: torch.nn.Module, batch: dict[str, torch.Tensor], pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,11 +39,7 @@ class RMWorker(PairWorker):
     config_class = RMConfig
 
     def build_model(self) -> torch.nn.Module:
-        from transformers import AutoModelForSequenceClassification
-
-        model = AutoModelForSequenceClassification.from_pretrained(self.config.model, num_labels=1,
-                                                                   dtype=self.strategy.dtype)
-        model.config.pad_token_id = self.tokenizer.pad_token_id
+        model = reward_head_model(self.config.model, self.strategy.dtype, self.tokenizer.pad_token_id)
         if self.config.data.share_prefix and not isinstance(getattr(model, "score", None), torch.nn.Linear):
             raise AlignError(f"{type(model).__name__} has no `score` head to read per-token rewards from; "
                              "set data.share_prefix=false")

@@ -45,23 +45,33 @@ class Generation:
     finish_reason: str
 
 
+def encode_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
+    """Token ids of one prompt: text with the tokenizer's special tokens, messages through the chat
+    template (with the generation prompt), token ids as they are; ValueError for anything else."""
+    from alignment.data import render_chat
+
+    if isinstance(prompt, str):
+        return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    if isinstance(prompt, list) and all(isinstance(token, int) for token in prompt):
+        return list(prompt)
+    if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"it is a chat, but the tokenizer of {tokenizer.name_or_path} has no chat template: "
+                             "set chat_template (e.g. chatml or a Jinja file), or give text prompts")
+        return render_chat(tokenizer, prompt, add_generation_prompt=True)
+    raise ValueError(f"it is neither text, chat messages nor token ids: {str(prompt)[:80]!r}")
+
+
 def encode_prompts(tokenizer: Any, prompts: Sequence[Prompt], max_model_len: int) -> list[list[int]]:
     """Token ids of every prompt; AlignError for an empty list, an empty prompt or one too long for the context."""
     if not prompts:
         raise AlignError("no prompts to generate from (the prompt list is empty)")
     encoded = []
     for index, prompt in enumerate(prompts):
-        if isinstance(prompt, str):
-            ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        elif isinstance(prompt, list) and all(isinstance(token, int) for token in prompt):
-            ids = list(prompt)
-        elif isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
-            if not getattr(tokenizer, "chat_template", None):
-                raise AlignError(f"prompt {index} is a chat, but the tokenizer of {tokenizer.name_or_path} has no chat "
-                                 "template: set chat_template (e.g. chatml or a Jinja file), or give text prompts")
-            ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
-        else:
-            raise AlignError(f"prompt {index} is neither text, chat messages nor token ids: {str(prompt)[:80]!r}")
+        try:
+            ids = encode_prompt(tokenizer, prompt)
+        except ValueError as error:
+            raise AlignError(f"prompt {index}: {error}") from None
         if not ids:
             raise AlignError(f"prompt {index} is empty")
         if len(ids) >= max_model_len:
@@ -69,7 +79,7 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[Prompt], max_model_len: int
                 f"prompt {index} has {len(ids)} tokens; the context window (rollout.max_model_len) is "
                 f"{max_model_len}, leaving no room to generate: shorten the prompt or raise max_model_len"
             )
-        encoded.append(list(ids))
+        encoded.append(ids)
     return encoded
 
 

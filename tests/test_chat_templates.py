@@ -86,7 +86,7 @@ def job(kind: str, model: Path, micro_model: Path, tmp_path: Path, **extra):
         tree = ppo_tree(micro_model, output, model=str(model), data__train=str(prompts), data__eval=None, **extra)
         return run_ppo, PPOConfig.model_validate(tree)
     if kind == "generate":
-        from alignment.jobs.generate import GenerateConfig, generate_to_file
+        from alignment.generation import GenerateConfig, generate_to_file
 
         return generate_to_file, GenerateConfig(checkpoints=[str(model)], prompts=str(prompts),
                                                 output=str(output / "out.jsonl"), **extra)

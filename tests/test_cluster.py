@@ -61,7 +61,7 @@ def test_a_later_job_in_the_same_process_gets_the_cpus_it_asks_for(ray_runtime, 
     import ray
 
     from alignment.cluster.runtime import start_ray, stop_ray
-    from alignment.jobs.generate import GenerateConfig, generate_to_file
+    from alignment.generation import GenerateConfig, generate_to_file
 
     stop_ray()
     config = sft_config(micro_model, tmp_path / "sft", train__max_steps=1, train__eval_every=1, train__save_every=1)

@@ -323,7 +323,8 @@ def test_final_checkpoints_load_in_transformers_and_sample_in_vllm(finals, data,
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from alignment.jobs.generate import GenerateConfig, run_generate
+    from alignment.generation import GenerateConfig
+    from alignment.jobs.generate import run_generate
 
     order = ["sft", "base", "dpo", "grpo", "ppo"]
     output = tmp_path / "samples.jsonl"

@@ -102,24 +102,20 @@ class PPOModels:
 
 def load_prompts(path: str, field: str, tokenizer, room: int, max_model_len: int) -> tuple[list[Any], list[list[int]]]:
     """Prompts and their token ids; rows without the field, or too long to leave ``room`` tokens, name file:line."""
-    from alignment.data import read_records, render_chat, row_location
+    from alignment.data import read_prompts, row_location
+    from rollout.engine import encode_prompt
 
-    prompts, ids = [], []
-    for index, row in enumerate(read_records(path)):
-        prompt = row.get(field) if isinstance(row, dict) else None
-        if isinstance(prompt, str) and prompt:
-            tokens = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        elif isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "content" in m for m in prompt):
-            tokens = render_chat(tokenizer, prompt, add_generation_prompt=True)
-        else:
-            raise AlignError(f"{row_location(path, index)}: no prompt under {field!r} (text or [{{role, content}}, ...])")
+    prompts = read_prompts(path, field)
+    ids = []
+    for index, prompt in enumerate(prompts):
+        try:
+            tokens = encode_prompt(tokenizer, prompt)
+        except ValueError as error:
+            raise AlignError(f"{row_location(path, index)}: {error}") from None
         if len(tokens) + room > max_model_len:
             raise AlignError(f"{row_location(path, index)}: prompt has {len(tokens)} tokens; with sampling.max_tokens={room} "
                              f"it exceeds rollout.max_model_len={max_model_len}")
-        prompts.append(prompt)
-        ids.append(list(tokens))
-    if not prompts:
-        raise AlignError(f"{path}: no prompts")
+        ids.append(tokens)
     return prompts, ids
 
 

@@ -92,15 +92,9 @@ class PPOWorker(BroadcastSender, DistributedWorker):
             model = AutoModelForTokenClassification.from_pretrained(cfg.critic_init(), config=config, dtype=dtype)
             model.config.pad_token_id = self.tokenizer.pad_token_id
             return model
-        from transformers import AutoModelForSequenceClassification
+        from reward.model import load_reward_model
 
-        from alignment.chat_templates import has_chat_template
-
-        # The reward model keeps the template it was trained with; the job's fills in where it has none.
-        own = has_chat_template(cfg.reward.model)
-        self.reward_tokenizer = load_tokenizer(cfg.reward.model, None if own else cfg.chat_template)
-        model = AutoModelForSequenceClassification.from_pretrained(cfg.reward.model, num_labels=1, dtype=dtype)
-        model.config.pad_token_id = self.reward_tokenizer.pad_token_id
+        model, self.reward_tokenizer = load_reward_model(cfg.reward.model, dtype, cfg.chat_template)
         return model
 
     def _by_length(self, lengths: list[int], outputs) -> list:

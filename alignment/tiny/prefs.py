@@ -11,7 +11,6 @@ import hashlib
 import json
 import shutil
 import time
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -92,14 +91,10 @@ def ranking_rows(prompts: list[list[dict]], responses: list[list[str]], noise: f
 
 def pair_rows(rankings: list[dict]) -> list[dict]:
     """Each ranking's ordered pairs (ties give none), in TRL's prompt/chosen/rejected format."""
-    pairs = []
-    for row in rankings:
-        for i, j in combinations(range(len(row["ranks"])), 2):
-            if row["ranks"][i] != row["ranks"][j]:
-                better, worse = (i, j) if row["ranks"][i] < row["ranks"][j] else (j, i)
-                pairs.append({"prompt": row["prompt"], "chosen": row["responses"][better],
-                              "rejected": row["responses"][worse]})
-    return pairs
+    from alignment.preference_data import ranking_pairs
+
+    return [{"prompt": row["prompt"], "chosen": row["responses"][better], "rejected": row["responses"][worse]}
+            for row in rankings for better, worse in ranking_pairs(row["ranks"])]
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
