@@ -339,10 +339,11 @@ def test_worker_forwards_group_samples_by_length_and_returns_them_in_order():
     samples = [[7] * n for n in (5, 40, 7, 33, 6, 21, 12, 28, 3)]
     chunks: list[list[int]] = []
 
-    def outputs(chunk: list[list[int]]) -> list[int]:
+    def outputs(indices: list[int]) -> list[int]:
+        chunk = [samples[i] for i in indices]
         chunks.append([len(s) for s in chunk])
         return [len(s) for s in chunk]
 
-    results = PPOWorker._by_length(SimpleNamespace(micro=4), samples, outputs)
+    results = PPOWorker._by_length(SimpleNamespace(micro=4), [len(s) for s in samples], outputs)
     assert results == [len(s) for s in samples]
     assert chunks == [[3, 5, 6, 7], [12, 21, 28, 33], [40]]
