@@ -153,6 +153,18 @@ def test_plain_text_pairs_train_dpo_on_a_model_without_template(bare_model, micr
     assert all(not (before[k] == after[k]).all() for k in before if k in after)  # every tensor trained
 
 
+def test_chatml_dpo_on_a_model_without_template(bare_model, micro_model, ray_runtime, tmp_path):
+    from alignment.config import DPOConfig
+    from alignment.dpo import run_dpo
+
+    tree = preference_tree(micro_model, tmp_path / "dpo", model=str(bare_model), chat_template="chatml",
+                           train__max_steps=2, train__save_every=2, train__eval_every=2)
+    final = run_dpo(DPOConfig.model_validate(tree))  # conversational pairs (message-list prompts)
+    rows = read_metrics(tmp_path / "dpo")
+    assert rows[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-5) and rows[1]["train/loss"] < math.log(2)
+    assert saved_template(final) == CHATML
+
+
 @pytest.mark.slow
 def test_chatml_ppo_and_generate_on_a_model_without_template(bare_model, micro_model, tmp_path):
     """GRPO (hf rollout backend) with chat prompts and `chat_template=chatml`, then `align generate` on its final
