@@ -172,7 +172,6 @@ def run_compare(config: CompareConfig) -> Path:
     from alignment.logs import open_job_log
     from alignment.tracking import PhaseTimer
 
-    open_job_log(config.output)
     timer, started = PhaseTimer(), time.perf_counter()
     names = config.names or short_names(config.checkpoints)
     reference = config.reference or config.checkpoints[0]
@@ -190,6 +189,7 @@ def run_compare(config: CompareConfig) -> Path:
         scorers = build_scorers(config)
         prompts = generate_config.read_prompts()
         check_compare_templates(prompts, config)
+    open_job_log(config.output)  # after the checks: bad input leaves no output directory behind
     log.info("compare: %d checkpoints x %d prompts x %d samples; scores %s; KL against %s",
              len(names), len(prompts), config.sampling.n, [s.name for s in scorers] or "none", reference)
     output.mkdir(parents=True, exist_ok=True)
