@@ -141,7 +141,8 @@ def kill_tree(process: subprocess.Popen) -> None:
     process.wait(timeout=30)
 
 
-def wait_for_checkpoint(process: subprocess.Popen, output_dir: Path, step: int, timeout_s: float = 400) -> None:
+def wait_for_checkpoint(process: subprocess.Popen, output_dir: Path, step: int, timeout_s: float = 400,
+                        stderr: Path | None = None) -> None:
     """Return as soon as the job writing ``output_dir`` has committed checkpoint ``step`` (polled every 2 ms)."""
     import time
 
@@ -151,7 +152,8 @@ def wait_for_checkpoint(process: subprocess.Popen, output_dir: Path, step: int, 
         if latest.exists() and latest.read_text().strip() >= wanted:
             return
         time.sleep(0.002)
-    raise AssertionError(f"no checkpoint {step} before the run ended: {process.stderr.read().decode()[-3000:]}")
+    said = stderr.read_text()[-3000:] if stderr is not None else process.stderr.read().decode()[-3000:]
+    raise AssertionError(f"no checkpoint {step} before the run ended: {said}")
 
 
 def sigkill_after_checkpoint(job: str, config: dict, output_dir: Path, step: int, timeout_s: float = 300) -> list[str]:
@@ -167,9 +169,12 @@ def sigkill_after_checkpoint(job: str, config: dict, output_dir: Path, step: int
     config_path = output_dir.parent / f"{output_dir.name}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     command = [*ALIGN, job, "--config", str(config_path)]
-    process = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, start_new_session=True)
-    wait_for_checkpoint(process, output_dir, step, timeout_s)
+    # stderr to a file, not a pipe nobody reads while the job runs: a full pipe would stall the job.
+    stderr = output_dir.parent / f"{output_dir.name}.stderr"
+    with stderr.open("w") as sink:
+        process = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                                   stderr=sink, start_new_session=True)
+    wait_for_checkpoint(process, output_dir, step, timeout_s, stderr)
     process.send_signal(signal.SIGSTOP)
     kill_tree(process)
     return command
