@@ -277,7 +277,7 @@ def sequence_logprobs(model_dir: str, examples: list[Any], config: CompareConfig
     from tqdm import tqdm
 
     from alignment.data import pad_batch
-    from alignment.dpo import sequence_logps
+    from alignment.logprobs import sequence_logps
     from alignment.models import load_causal_lm
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

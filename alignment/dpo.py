@@ -14,32 +14,15 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from alignment.config import DPOConfig
-from alignment.data import IGNORE_INDEX
+from alignment.logprobs import sequence_logps
 from alignment.losses import preference_loss
 from alignment.models import load_causal_lm
 from alignment.pair_packing import packed_logps
 from alignment.preference_data import PreferencePair, check_preference_rows
 from alignment.strategy import DeepSpeedStrategy
 from alignment.trainer import PairWorker, check_inputs, run_training
-
-
-def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probability of each sequence's labelled (response) tokens, and how many there are.
-
-    Logits are computed only from the first labelled position on (``logits_to_keep``): the prompt
-    positions before it would be a ``[batch, prompt, vocab]`` tensor that nothing uses.
-    """
-    labels = batch["labels"][:, 1:]
-    labelled = (labels != IGNORE_INDEX).any(0).nonzero()
-    first = int(labelled[0]) if len(labelled) else labels.shape[1] - 1  # first position whose next token counts
-    keep = labels.shape[1] - first + 1  # positions first .. T-1 (the last one predicts past the end)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
-    logits, labels = logits[:, :-1].float(), labels[:, first:]
-    token_nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
-    return -token_nll.sum(-1), (labels != IGNORE_INDEX).sum(-1).float()
 
 
 class DPOWorker(PairWorker):

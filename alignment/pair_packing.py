@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from alignment.data import IGNORE_INDEX, TokenizedExample
+from alignment.logprobs import token_logprobs
 
 
 def shared_prefix_length(chosen: Sequence[int], rejected: Sequence[int]) -> int:
@@ -86,7 +86,6 @@ def packed_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tupl
     first = int(sources[labelled].min()) if labelled.any() else width - 1
     logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                    attention_mask=batch["attention_mask"], logits_to_keep=width - first).logits
-    logprobs = F.log_softmax(logits.float(), dim=-1)
     owner = torch.arange(2 * count, device=logits.device).remainder(count).unsqueeze(1)
-    token_logps = logprobs[owner, (sources - first).clamp(min=0), targets.clamp(min=0)]
-    return (token_logps * labelled).sum(-1), labelled.sum(-1).float()
+    token_logps = token_logprobs(logits, targets, owner, (sources - first).clamp(min=0))
+    return token_logps.sum(-1), labelled.sum(-1).float()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from alignment.config import SFTConfig
 from alignment.data import (
@@ -16,6 +15,7 @@ from alignment.data import (
     pad_batch,
     split_holdout,
 )
+from alignment.logprobs import token_logprobs
 from alignment.models import load_causal_lm, load_tokenizer
 from alignment.trainer import TrainWorker, check_inputs, run_training
 
@@ -24,10 +24,7 @@ def token_nll_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tup
     """Summed negative log-likelihood of the labelled tokens, and how many there are."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"][:, 1:]
-    logits = logits[:, :-1].float()
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
-    return loss, int((labels != IGNORE_INDEX).sum())
+    return -token_logprobs(logits[:, :-1], labels).sum(), int((labels != IGNORE_INDEX).sum())
 
 
 class SFTWorker(TrainWorker):

@@ -83,7 +83,7 @@ def run_bare(tiny: Path, steps: int, micro: int, batch: int, max_length: int) ->
     import torch
 
     from alignment.config import PreferenceDataConfig
-    from alignment.dpo import sequence_logps
+    from alignment.logprobs import sequence_logps
     from alignment.losses import dpo_sigmoid_loss
     from alignment.models import load_causal_lm, load_tokenizer
     from alignment.preference_data import load_preference_pairs, pair_batch

@@ -2,16 +2,21 @@
 
 One PPO step's experience and training phases (GAE: actor, reference, critic and reward model in
 one colocated group of 2 Ray workers, ZeRO-2) on a realistic batch, 1024 samples of 32 prompt and
-1024 response tokens, with a micro model (hidden 32, one layer) so the arithmetic stays small. Each
-worker times its models' own forward, backward and optimizer steps; the overhead of a phase is
-its wall time minus the slowest rank's model time: driver-side tensors and advantages, padding,
-Ray serialisation and transport, and everything a worker does around its forwards. Generation is
-not run (the batch is made up: random tokens), so the engines' time is excluded by construction.
+1024 response tokens, with a micro model (hidden 32, one layer) so the arithmetic stays small.
+Generation is not run (the batch is made up: random tokens), so the engines' time is excluded by
+construction. Two figures per step, from timers inside the workers:
+
+- driver + transport: the phases' wall time minus the slowest rank's time inside its worker methods
+  (forward, score, train): the driver's own work (padding, advantages, metrics), Ray serialisation
+  and transport, and scheduling. This is the number the last line reports.
+- strict overhead: the phases' wall time minus only the slowest rank's model forward, backward and
+  optimizer steps: the above plus everything a worker does around its models (batch slicing, the
+  log-prob and entropy heads, the reward model's tokenisation).
 
     flock /tmp/align-heavy.lock python benchmarks/ppo_overhead.py --steps 2
 
-The last line is ``overhead_s_per_million_tokens: X`` (mean over the timed steps, per million
-response tokens). It also runs against the list-of-dicts data path of earlier versions (before
+The last line is ``overhead_s_per_million_tokens: X``: driver + transport, mean over the timed
+steps, per million response tokens (the line before it gives the strict figure). It also runs against the list-of-dicts data path of earlier versions (before
 alignment/ppo/batch.py existed), for the before/after in docs/benchmarks.md.
 """
 
@@ -171,7 +176,7 @@ def main() -> None:
             train_model_s, train_calls_s = (max(x) for x in zip(*group.call("take_seconds")))
             overhead = experience_s - experience_model_s + train_s - train_model_s
             outside = experience_s - experience_calls_s + train_s - train_calls_s
-            rows.append(overhead)
+            rows.append((outside, overhead))
             print(f"step {step}{' (warm-up)' if step == 1 else ''}: experience {experience_s:.2f} s "
                   f"(models {experience_model_s:.2f}), train {train_s:.2f} s (models {train_model_s:.2f}); "
                   f"overhead {overhead:.2f} s, of which {outside:.2f} s outside the workers' methods "
@@ -179,10 +184,12 @@ def main() -> None:
     finally:
         job.models.shutdown()
     timed = rows[1:]
-    per_million = statistics.mean(timed) / (SAMPLES * RESPONSE_TOKENS / 1e6)
-    print(f"{SAMPLES} samples x {RESPONSE_TOKENS} response tokens; overhead per step: "
-          f"{', '.join(f'{x:.2f}' for x in timed)} s")
-    print(f"overhead_s_per_million_tokens: {per_million:.3f}")
+    millions = SAMPLES * RESPONSE_TOKENS / 1e6
+    strict = statistics.mean(x for _, x in timed) / millions
+    print(f"{SAMPLES} samples x {RESPONSE_TOKENS} response tokens; per step: driver + transport "
+          f"{', '.join(f'{x:.2f}' for x, _ in timed)} s; strict overhead {', '.join(f'{x:.2f}' for _, x in timed)} s")
+    print(f"strict_overhead_s_per_million_tokens: {strict:.3f}")
+    print(f"overhead_s_per_million_tokens: {statistics.mean(x for x, _ in timed) / millions:.3f}")
 
 
 if __name__ == "__main__":

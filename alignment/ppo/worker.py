@@ -11,17 +11,19 @@ with documented shapes); what it returns is a tensor of per-response-token outpu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from alignment.cluster.group import DistributedWorker
 from alignment.data import length_balanced_micro_batches
+from alignment.logprobs import entropies, token_logprobs
 from alignment.models import load_causal_lm, load_tokenizer
 from alignment.ppo.batch import RolloutBatch
 from alignment.ppo.config import PPOConfig, Role
 from alignment.ppo.kl import kl_estimate
-from alignment.ppo.losses import aggregate, entropy_from_logits, policy_loss, value_loss
+from alignment.ppo.losses import aggregate, policy_loss, value_loss
 from alignment.strategy import DeepSpeedStrategy
 from alignment.trainer import optimizer_step
 from rollout.weight_broadcast import BroadcastSender
@@ -34,14 +36,19 @@ def length_chunks(lengths: list[int], micro: int) -> list[list[int]]:
     return length_balanced_micro_batches(range(len(lengths)), lengths, 0, 1, micro)
 
 
-def response_logprobs(model: torch.nn.Module, batch: RolloutBatch, temperature: float):
-    """[b, R] log-probabilities of each response token under softmax(logits / temperature), and the entropies."""
+def response_logprobs(model: torch.nn.Module, batch: RolloutBatch, temperature: float,
+                      entropy: Literal["grad", "metric"] | None = "grad"):
+    """[b, R] log-probabilities of each response token under softmax(logits / temperature), and their
+    entropies: differentiable ("grad", a loss term), without gradient ("metric") or not computed (None)."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    index = batch.positions.to(logits.device)
-    picked = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1])).float() / temperature
-    targets = batch.input_ids.to(logits.device).gather(1, index + 1)
-    log_probs = torch.log_softmax(picked, dim=-1)
-    return log_probs.gather(-1, targets[..., None]).squeeze(-1), entropy_from_logits(picked)
+    positions = batch.positions.to(logits.device)
+    rows = torch.arange(len(batch), device=logits.device)[:, None]
+    targets = batch.input_ids.to(logits.device).gather(1, positions + 1)
+    logprobs = token_logprobs(logits, targets, rows, positions, temperature)
+    if entropy is None:
+        return logprobs, None
+    with torch.set_grad_enabled(entropy == "grad" and torch.is_grad_enabled()):
+        return logprobs, entropies(logits, rows, positions, temperature)
 
 
 def response_values(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
@@ -119,7 +126,7 @@ class PPOWorker(BroadcastSender, DistributedWorker):
             if role == "critic":
                 values = response_values(strategy.engine, chunk)
             else:
-                values, _ = response_logprobs(strategy.engine, chunk, self.config.sampling.temperature)
+                values, _ = response_logprobs(strategy.engine, chunk, self.config.sampling.temperature, entropy=None)
             return list((values * chunk.response_mask).cpu())
 
         for index, row in zip(range(len(batch)), self._by_length(batch.lengths.tolist(), outputs)):
@@ -167,7 +174,8 @@ class PPOWorker(BroadcastSender, DistributedWorker):
     def _actor_loss(self, batch: RolloutBatch, mode: str, kl_coef: float):
         cfg = self.config.algorithm
         mask = batch.loss_mask
-        logprobs, entropy = response_logprobs(self.models["actor"].engine, batch, self.config.sampling.temperature)
+        logprobs, entropy = response_logprobs(self.models["actor"].engine, batch, self.config.sampling.temperature,
+                                              "grad" if cfg.entropy_coef else "metric")
         old = batch.old_logprobs
         token_loss, clipped, ratio = policy_loss(logprobs, old, batch.advantages, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
         if cfg.entropy_coef:
