@@ -97,7 +97,7 @@ def read_prompts(path: str | Path, field: str = "prompt", limit: int | None = No
     (conversational) or token ids; a row without one names its file and line."""
     records = read_records(path)[:limit]
     for index, row in enumerate(records):
-        if not is_prompt(row.get(field)):
+        if not isinstance(row, dict) or not is_prompt(row.get(field)):
             raise AlignError(f"{row_location(path, index)}: no prompt under {field!r} "
                              "(text, [{role, content}, ...] or token ids)")
     return [row[field] for row in records]

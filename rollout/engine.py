@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,8 +62,11 @@ def encode_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
     raise ValueError(f"it is neither text, chat messages nor token ids: {str(prompt)[:80]!r}")
 
 
-def encode_prompts(tokenizer: Any, prompts: Sequence[Prompt], max_model_len: int) -> list[list[int]]:
-    """Token ids of every prompt; AlignError for an empty list, an empty prompt or one too long for the context."""
+def encode_prompts(tokenizer: Any, prompts: Sequence[Prompt], max_model_len: int, room: int | None = None,
+                   where: Callable[[int], str] = "prompt {}".format) -> list[list[int]]:
+    """Token ids of every prompt; AlignError for an empty list, an empty prompt or one that leaves no
+    room to generate (fewer than ``room`` tokens of the context, when given: ``sampling.max_tokens``);
+    ``where(i)`` names prompt i in errors."""
     if not prompts:
         raise AlignError("no prompts to generate from (the prompt list is empty)")
     encoded = []
@@ -71,14 +74,15 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[Prompt], max_model_len: int
         try:
             ids = encode_prompt(tokenizer, prompt)
         except ValueError as error:
-            raise AlignError(f"prompt {index}: {error}") from None
+            raise AlignError(f"{where(index)}: {error}") from None
         if not ids:
-            raise AlignError(f"prompt {index} is empty")
-        if len(ids) >= max_model_len:
+            raise AlignError(f"{where(index)} is empty")
+        if len(ids) + (room or 1) > max_model_len:
             raise AlignError(
-                f"prompt {index} has {len(ids)} tokens; the context window (rollout.max_model_len) is "
-                f"{max_model_len}, leaving no room to generate: shorten the prompt or raise max_model_len"
-            )
+                f"{where(index)} has {len(ids)} tokens; " + (
+                    f"with sampling.max_tokens={room} it exceeds rollout.max_model_len={max_model_len}" if room else
+                    f"the context window (rollout.max_model_len) is {max_model_len}, leaving no room to generate")
+                + ": shorten the prompt or raise max_model_len")
         encoded.append(ids)
     return encoded
 

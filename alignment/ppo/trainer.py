@@ -103,20 +103,10 @@ class PPOModels:
 def load_prompts(path: str, field: str, tokenizer, room: int, max_model_len: int) -> tuple[list[Any], list[list[int]]]:
     """Prompts and their token ids; rows without the field, or too long to leave ``room`` tokens, name file:line."""
     from alignment.data import read_prompts, row_location
-    from rollout.engine import encode_prompt
+    from rollout.engine import encode_prompts
 
     prompts = read_prompts(path, field)
-    ids = []
-    for index, prompt in enumerate(prompts):
-        try:
-            tokens = encode_prompt(tokenizer, prompt)
-        except ValueError as error:
-            raise AlignError(f"{row_location(path, index)}: {error}") from None
-        if len(tokens) + room > max_model_len:
-            raise AlignError(f"{row_location(path, index)}: prompt has {len(tokens)} tokens; with sampling.max_tokens={room} "
-                             f"it exceeds rollout.max_model_len={max_model_len}")
-        ids.append(tokens)
-    return prompts, ids
+    return prompts, encode_prompts(tokenizer, prompts, max_model_len, room, lambda index: f"{row_location(path, index)}: prompt")
 
 
 def check_prompt_templates(config: PPOConfig) -> None:
