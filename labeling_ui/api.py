@@ -19,7 +19,7 @@ from alignment.errors import AlignError
 from labeling_ui import arena
 from labeling_ui import store as st
 from labeling_ui.admin import agreement_report, leaderboard_report
-from labeling_ui.export import preference_rows
+from labeling_ui.export import export_pairs, jsonl_text
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -117,17 +117,8 @@ def build_router(store: st.Store) -> APIRouter:
 
     @router.get("/admin/projects/{project}/export")
     def export(project: str, admin: Admin, mode: str = "all") -> PlainTextResponse:
-        import json
-
-        rows = preference_rows(st.ranked_items(store, project), mode)  # type: ignore[arg-type]
-        with store.transaction() as session:
-            st.audit(
-                session, admin.name, "export", project=project, mode=mode, pairs=len(rows), file="(http)"
-            )
-        return PlainTextResponse(
-            "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
-            media_type="application/jsonl",
-        )
+        rows = export_pairs(store, project, mode, admin.name, lambda _: "(http)")  # type: ignore[arg-type]
+        return PlainTextResponse(jsonl_text(rows), media_type="application/jsonl")
 
     @router.get("/admin/users")
     def users(_admin: Admin) -> list[dict[str, Any]]:

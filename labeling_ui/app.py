@@ -28,7 +28,7 @@ from labeling_ui import arena  # noqa: E402
 from labeling_ui import store as st  # noqa: E402
 from labeling_ui.admin import agreement_report, leaderboard_report  # noqa: E402
 from labeling_ui.api import build_router, install_error_handlers  # noqa: E402
-from labeling_ui.export import export_project, preference_rows  # noqa: E402
+from labeling_ui.export import export_pairs, export_project, jsonl_text  # noqa: E402
 
 LETTERS = string.ascii_uppercase
 
@@ -516,18 +516,7 @@ def _register_api(store: st.Store) -> None:
     def admin_export(project: str, mode: str, request: gr.Request) -> str:
         """Admins: preference pairs as JSONL text (mode 'all' or 'consensus')."""
         admin = _admin(store, request)
-        rows = preference_rows(st.ranked_items(store, project), mode)  # type: ignore[arg-type]
-        with store.transaction() as session:
-            st.audit(
-                session,
-                admin.name,
-                "export",
-                project=project,
-                mode=mode,
-                pairs=len(rows),
-                file="(gradio api)",
-            )
-        return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        return jsonl_text(export_pairs(store, project, mode, admin.name, lambda _: "(gradio api)"))  # type: ignore[arg-type]
 
     @_guard
     def admin_add_user(name: str, password: str, role: str, request: gr.Request) -> str:

@@ -8,7 +8,7 @@ as one assistant message each (TRL's conversational format).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -83,8 +83,20 @@ def export_project(
     by: str = "cli",
 ) -> int:
     """Export a project's rankings as preference pairs; returns the number of pairs written."""
+    return len(export_pairs(store, project, mode, by, lambda rows: write_rows(rows, out, file_format).name))
+
+
+def export_pairs(store: Store, project: str, mode: Mode, by: str, deliver: Callable[[list[dict[str, Any]]], str]
+                 ) -> list[dict[str, Any]]:
+    """A project's preference pairs, handed to ``deliver`` (which returns where they went: a file name,
+    ``(http)``), then recorded in the audit log. Every export (CLI, HTTP API, Gradio API) comes here."""
     rows = preference_rows(ranked_items(store, project), mode)
-    path = write_rows(rows, out, file_format)
+    target = deliver(rows)
     with store.transaction() as session:
-        audit(session, by, "export", project=project, mode=mode, pairs=len(rows), file=path.name)
-    return len(rows)
+        audit(session, by, "export", project=project, mode=mode, pairs=len(rows), file=target)
+    return rows
+
+
+def jsonl_text(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows as JSON Lines text (UTF-8 kept as is)."""
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)

@@ -1,0 +1,104 @@
+"""The database engine: SQLite tuning (WAL, BEGIN IMMEDIATE), missing-column upgrades, transactions, the audit log's writer."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+from sqlalchemy import (
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import StaticPool
+
+from alignment.errors import AlignError
+from labeling_ui.store.schema import (
+    AuditEntry,
+    Base,
+    default_db_url,
+)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL, a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` so writers queue instead of failing."""
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection, _record):  # noqa: ANN001
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection):  # noqa: ANN001
+        connection.exec_driver_sql(
+            f"BEGIN {connection.get_execution_options().get('sqlite_begin', 'IMMEDIATE')}"
+        )
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Columns added since a database was created (nullable ones only), so older databases keep working."""
+    from sqlalchemy import inspect, text
+
+    present = {column["name"] for column in inspect(engine).get_columns("items")}
+    if "prompt_messages" not in present:
+        with engine.begin() as connection:
+            connection.execute(text("ALTER TABLE items ADD COLUMN prompt_messages JSON"))
+
+
+class Store:
+    """A database handle; the schema is created on first use."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or default_db_url()
+        if self.url.startswith("postgresql://"):
+            self.url = "postgresql+psycopg://" + self.url.removeprefix("postgresql://")
+        try:
+            if self.url.startswith("sqlite") and self.url.rstrip("/") in ("sqlite:", "sqlite:///:memory:"):
+                self.engine = create_engine(  # one in-memory database shared by all threads (tests, trials)
+                    self.url, connect_args={"check_same_thread": False}, poolclass=StaticPool
+                )
+                _configure_sqlite(self.engine)
+            elif self.url.startswith("sqlite"):
+                self.engine = create_engine(
+                    self.url, connect_args={"timeout": 30}, pool_size=20, max_overflow=20
+                )
+                _configure_sqlite(self.engine)
+            else:
+                self.engine = create_engine(self.url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+            Base.metadata.create_all(self.engine)
+            _add_missing_columns(self.engine)
+        except ModuleNotFoundError as error:
+            raise AlignError(
+                f"database driver missing for {url!r}: {error}; install psycopg[binary]"
+            ) from error
+        self.is_sqlite = self.url.startswith("sqlite")
+        # SQLite has one writer at a time; queueing writers of this process on a lock is fair and
+        # fast, where SQLite's own busy handler polls with growing sleeps (seconds of tail latency).
+        self._write_lock = threading.Lock()
+
+    @contextmanager
+    def transaction(self, write: bool = True) -> Iterator[Session]:
+        """One transaction; ``write=False`` for reads (on SQLite a deferred, lock-free BEGIN)."""
+        lock = self._write_lock if write and self.is_sqlite else nullcontext()
+        begin = "IMMEDIATE" if write else "DEFERRED"
+        with lock, self.engine.connect() as connection:
+            connection = connection.execution_options(sqlite_begin=begin)
+            with Session(bind=connection, expire_on_commit=False) as session, session.begin():
+                yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def audit(session: Session, user_name: str, action: str, **detail: Any) -> None:
+    session.add(AuditEntry(user_name=user_name, action=action, detail=detail))
+
+

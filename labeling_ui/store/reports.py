@@ -1,0 +1,146 @@
+"""Reading back: progress, submitted rankings, flagged items, the audit log."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import (
+    func,
+    select,
+)
+
+from labeling_ui.store.engine import Store
+from labeling_ui.store.items import get_project
+from labeling_ui.store.schema import (
+    Assignment,
+    AuditEntry,
+    Candidate,
+    Item,
+    Ranking,
+    User,
+)
+
+
+def user_progress(store: Store, user: User, project_name: str) -> dict[str, int]:
+    with store.transaction(write=False) as session:
+        project = get_project(session, project_name)
+        counts = dict(
+            session.execute(
+                select(Assignment.status, func.count())
+                .join(Item, Item.id == Assignment.item_id)
+                .where(Item.project_id == project.id, Assignment.user_id == user.id)
+                .group_by(Assignment.status)
+            ).all()
+        )
+        total = session.scalar(select(func.count()).select_from(Item).where(Item.project_id == project.id))
+    return {
+        "ranked": counts.get("submitted", 0),
+        "skipped": counts.get("skipped", 0),
+        "flagged": counts.get("flagged", 0),
+        "items": total or 0,
+    }
+
+
+def project_progress(store: Store, project_name: str) -> dict[str, Any]:
+    """Per project: items, annotations needed and done; per annotator: counts by status."""
+    with store.transaction(write=False) as session:
+        project = get_project(session, project_name)
+        items = (
+            session.scalar(select(func.count()).select_from(Item).where(Item.project_id == project.id)) or 0
+        )
+        per_user = session.execute(
+            select(User.name, Assignment.status, func.count())
+            .join(Assignment, Assignment.user_id == User.id)
+            .join(Item, Item.id == Assignment.item_id)
+            .where(Item.project_id == project.id)
+            .group_by(User.name, Assignment.status)
+        ).all()
+    annotators: dict[str, dict[str, int]] = {}
+    for name, status, count in per_user:
+        annotators.setdefault(name, {"submitted": 0, "active": 0, "skipped": 0, "flagged": 0, "expired": 0})[
+            status
+        ] = count
+    done = sum(row["submitted"] for row in annotators.values())
+    needed = items * project.annotations_per_item
+    return {
+        "project": project.name,
+        "items": items,
+        "annotations_per_item": project.annotations_per_item,
+        "needed": needed,
+        "done": done,
+        "percent": round(100 * done / needed, 1) if needed else 0.0,
+        "annotators": annotators,
+    }
+
+
+class RankedItem(BaseModel):
+    """One item with its candidates and every submitted ranking, for export and agreement."""
+
+    item_id: int
+    external_id: str
+    prompt: str
+    prompt_messages: list[dict[str, Any]] | None = None  # the prompt as imported, when it was a chat
+    candidates: dict[int, str]
+    rankings: dict[str, dict[int, int]]  # annotator -> candidate id -> rank
+
+
+def ranked_items(store: Store, project_name: str, annotator: str | None = None) -> list[RankedItem]:
+    with store.transaction(write=False) as session:
+        project = get_project(session, project_name)
+        query = (
+            select(Ranking, User.name)
+            .join(User, User.id == Ranking.user_id)
+            .join(Item, Item.id == Ranking.item_id)
+            .where(Item.project_id == project.id)
+            .order_by(Ranking.item_id, User.name)
+        )
+        if annotator is not None:
+            query = query.where(User.name == annotator)
+        by_item: dict[int, dict[str, dict[int, int]]] = {}
+        for ranking, name in session.execute(query).all():
+            by_item.setdefault(ranking.item_id, {})[name] = {int(k): v for k, v in ranking.ranks.items()}
+        result = []
+        for item in session.scalars(select(Item).where(Item.id.in_(by_item)).order_by(Item.id)):
+            candidates = session.scalars(
+                select(Candidate).where(Candidate.item_id == item.id).order_by(Candidate.position)
+            )
+            result.append(
+                RankedItem(
+                    item_id=item.id,
+                    external_id=item.external_id,
+                    prompt=item.prompt,
+                    prompt_messages=item.prompt_messages,
+                    candidates={c.id: c.text for c in candidates},
+                    rankings=by_item[item.id],
+                )
+            )
+    return result
+
+
+def flagged_items(store: Store, project_name: str) -> list[dict[str, Any]]:
+    with store.transaction(write=False) as session:
+        project = get_project(session, project_name)
+        rows = session.execute(
+            select(Item.external_id, User.name, Assignment.reason, Assignment.finished_at)
+            .join(Assignment, Assignment.item_id == Item.id)
+            .join(User, User.id == Assignment.user_id)
+            .where(Item.project_id == project.id, Assignment.status == "flagged")
+            .order_by(Assignment.finished_at)
+        ).all()
+    return [{"item": r[0], "annotator": r[1], "reason": r[2], "at": r[3].isoformat()} for r in rows]
+
+
+def audit_log(store: Store, limit: int = 200) -> list[dict[str, Any]]:
+    with store.transaction(write=False) as session:
+        entries = session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)).all()
+        return [
+            {
+                "at": e.at.isoformat(timespec="seconds"),
+                "user": e.user_name,
+                "action": e.action,
+                "detail": json.dumps(e.detail),
+            }
+            for e in entries
+        ]
