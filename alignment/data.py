@@ -334,13 +334,19 @@ def pad_batch(examples: Sequence[TokenizedExample], pad_id: int):
     """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` tensors."""
     import torch
 
-    length = max(len(e.input_ids) for e in examples)
-    input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
-    attention = torch.zeros((len(examples), length), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example.input_ids)
-        input_ids[row, :n] = torch.tensor(example.input_ids)
-        labels[row, :n] = torch.tensor(example.labels)
-        attention[row, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    return {"input_ids": right_pad([e.input_ids for e in examples], pad_id, torch.long),
+            "attention_mask": right_pad([[1] * len(e.input_ids) for e in examples], 0, torch.long),
+            "labels": right_pad([e.labels for e in examples], IGNORE_INDEX, torch.long)}
+
+
+def right_pad(rows: Sequence[Sequence[float]], value: float = 0.0, dtype: Any = None, width: int | None = None):
+    """[len(rows), width or longest] tensor of ``rows`` right-padded with ``value`` (float32 by default)."""
+    import torch
+
+    dtype = dtype or torch.float32
+    width = max(len(r) for r in rows) if width is None else width
+    out = torch.full((len(rows), width), value, dtype=dtype)
+    for i, row in enumerate(rows):
+        if len(row):
+            out[i, : len(row)] = torch.as_tensor(row, dtype=dtype)
+    return out

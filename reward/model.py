@@ -93,12 +93,10 @@ def encode_conversations(tokenizer, prompts: Sequence[Prompt], responses: Sequen
 def score_token_ids(model: torch.nn.Module, batch: list[list[int]], pad_id: int,
                     device: torch.device | str = "cpu") -> list[float]:
     """Rewards of right-padded sequences in one forward (the head reads each sequence's last real token)."""
-    length = max(len(x) for x in batch)
-    input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    for row, sequence in enumerate(batch):
-        input_ids[row, : len(sequence)] = torch.tensor(sequence)
-        mask[row, : len(sequence)] = 1
+    from alignment.data import right_pad
+
+    input_ids = right_pad(batch, pad_id, torch.long)
+    mask = right_pad([[1] * len(sequence) for sequence in batch], 0, torch.long)
     logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
     return logits[:, 0].float().tolist()
 

@@ -261,27 +261,10 @@ class RolloutEngines:
         return [f"rollout engine {name!r}" for name in names]
 
     def _get(self, refs: list, timeout_s: float, what: str, labels: list[str] | None = None) -> list[Any]:
-        """Results of one call per engine (``labels`` name the callee in errors, every engine by
-        default), waited on as they arrive, so the first failure is reported at once."""
-        import ray
+        """Results of one call per engine (``labels`` name the callee in errors, every engine by default)."""
+        from alignment.cluster.group import wait_all
 
-        label_of = dict(zip(refs, labels or self._labels(self.names)))
-        deadline = time.monotonic() + timeout_s
-        pending = list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-            if not ready:
-                raise AlignError(f"{label_of[pending[0]]} did not answer {what} within {timeout_s:.0f} s") from None
-            label = label_of[ready[0]]
-            try:
-                ray.get(ready[0])
-            except ray.exceptions.RayTaskError as error:
-                if isinstance(error.cause, AlignError):
-                    raise AlignError(f"{label}: {error.cause}") from None
-                raise AlignError(f"{label} failed in {what}: {error.cause!r}") from error
-            except ray.exceptions.RayActorError as error:
-                raise AlignError(f"{label} died during {what}: {error}") from error
-        return ray.get(refs)
+        return wait_all(refs, labels or self._labels(self.names), what, timeout_s, wrap=True)
 
     # ---- weight sync by broadcast from trainer rank 0 (see rollout.weight_broadcast) ----------
 

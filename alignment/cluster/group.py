@@ -22,6 +22,38 @@ from alignment.errors import AlignError
 from alignment.logs import actor_log_file, adopt_library_loggers, redirect_actor_output
 
 
+def wait_all(refs: list, labels: list[str], what: str, timeout_s: float | None, wrap: bool = False) -> list[Any]:
+    """The results of ``refs`` in order, waited on as they arrive, so a callee that fails or dies is
+    reported at once, not after its peers time out in a collective it will never join.
+
+    An ``AlignError`` raised by a callee comes back as it is; a callee that dies, or does not answer
+    within ``timeout_s`` (None: no limit), is an ``AlignError`` naming it (``labels[i]`` for ``refs[i]``)
+    and ``what`` it was doing; any other failure is re-raised with its traceback, or with ``wrap`` an
+    ``AlignError`` naming the callee (rollout engines: a failed start is usually the user's settings).
+    """
+    import ray
+
+    label_of = dict(zip(refs, labels))
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    pending = list(refs)
+    while pending:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready, pending = ray.wait(pending, num_returns=1, timeout=timeout)
+        if not ready:
+            raise AlignError(f"{label_of[pending[0]]} did not answer {what} within {timeout_s:.0f} s")
+        try:
+            ray.get(ready[0])
+        except ray.exceptions.RayTaskError as error:
+            if isinstance(error.cause, AlignError):
+                raise AlignError(str(error.cause)) from None
+            if wrap:
+                raise AlignError(f"{label_of[ready[0]]} failed in {what}: {error.cause!r}") from error
+            raise
+        except ray.exceptions.RayActorError as error:
+            raise AlignError(f"{label_of[ready[0]]} died during {what}: {error}") from error
+    return ray.get(refs)
+
+
 def free_address() -> tuple[str, int]:
     """This node's IP and a free TCP port on it (for a rendezvous hosted here)."""
     import ray
@@ -128,45 +160,23 @@ class ActorGroup:
             ).remote(rank, self.size, threads, actor_log_file())
             for rank in range(self.size)
         ]
-        master_addr, master_port = self._get([self.workers[0].address.remote()])[0]
-        self._get(
-            [w.init_process_group.remote(master_addr, master_port, timeout_minutes) for w in self.workers]
-        )
+        master_addr, master_port = self._get([self.workers[0].address.remote()], "address")[0]
+        self._get([w.init_process_group.remote(master_addr, master_port, timeout_minutes) for w in self.workers],
+                  "init_process_group")
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         """Run ``method(*args, **kwargs)`` on every rank; return the results in rank order."""
-        return self._get([getattr(w, method).remote(*args, **kwargs) for w in self.workers])
+        return self._get([getattr(w, method).remote(*args, **kwargs) for w in self.workers], method)
 
     def call_each(self, method: str, per_rank: list[tuple]) -> list[Any]:
         """Run ``method(*per_rank[r])`` on each rank r (each its own share of the work)."""
-        return self._get([getattr(w, method).remote(*args) for w, args in zip(self.workers, per_rank)])
+        return self._get([getattr(w, method).remote(*args) for w, args in zip(self.workers, per_rank)], method)
 
     def call_rank0(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._get([getattr(self.workers[0], method).remote(*args, **kwargs)])[0]
+        return self._get([getattr(self.workers[0], method).remote(*args, **kwargs)], method)[0]
 
-    def _get(self, refs: list) -> list[Any]:
-        import ray
-
-        try:
-            # Wait rank by rank as results arrive, so a rank that fails or dies is reported at once,
-            # not after its peers time out in a collective it will never join.
-            deadline = None if self.call_timeout_s is None else time.monotonic() + self.call_timeout_s
-            pending = list(refs)
-            while pending:
-                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-                ready, pending = ray.wait(pending, num_returns=1, timeout=timeout)
-                if not ready:
-                    raise ray.exceptions.GetTimeoutError()
-                ray.get(ready)
-            return ray.get(refs)
-        except ray.exceptions.RayTaskError as error:
-            if isinstance(error.cause, AlignError):
-                raise AlignError(str(error.cause)) from None
-            raise
-        except ray.exceptions.RayActorError as error:
-            raise AlignError(f"a worker of group {self.name!r} died: {error}") from error
-        except ray.exceptions.GetTimeoutError:
-            raise AlignError(f"group {self.name!r} did not answer within {self.call_timeout_s} s") from None
+    def _get(self, refs: list, method: str) -> list[Any]:
+        return wait_all(refs, [f"a worker of group {self.name!r}"] * len(refs), method, self.call_timeout_s)
 
     def node_ids(self) -> list[str]:
         """The Ray node each rank runs on (for placement checks)."""

@@ -27,19 +27,10 @@ from typing import Any
 
 import torch
 
+from alignment.data import right_pad
+
 PER_TOKEN = ("response_mask", "loss_mask", "rollout_logprobs", "old_logprobs", "advantages", "ref_logprobs",
              "old_values", "returns")
-
-
-def right_pad(rows: Sequence[Sequence[float]], value: float = 0.0, dtype: torch.dtype = torch.float32,
-              width: int | None = None) -> torch.Tensor:
-    """[len(rows), width or longest] tensor of ``rows`` right-padded with ``value``."""
-    width = max(len(r) for r in rows) if width is None else width
-    out = torch.full((len(rows), width), value, dtype=dtype)
-    for i, row in enumerate(rows):
-        if len(row):
-            out[i, : len(row)] = torch.as_tensor(row, dtype=dtype)
-    return out
 
 
 def equal_shares(count: int, parts: int) -> list[list[int]]:

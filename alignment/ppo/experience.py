@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from alignment.data import right_pad
 from alignment.ppo.advantages import (
     broadcast_to_tokens,
     gae,
@@ -21,7 +22,6 @@ from alignment.ppo.advantages import (
     rloo_advantages,
     token_level_rewards,
 )
-from alignment.ppo.batch import right_pad
 from alignment.ppo.config import AlgorithmConfig, KLConfig
 from alignment.ppo.kl import kl_estimate
 
