@@ -1,0 +1,407 @@
+"""The labeling page: a Gradio Blocks UI with the ranking task, the arena and the admin tab, its
+keyboard shortcuts and styles."""
+
+from __future__ import annotations
+
+import os
+import string
+import tempfile
+from typing import Any
+
+import gradio as gr
+
+from alignment.errors import AlignError
+from labeling_ui import arena
+from labeling_ui import store as st
+from labeling_ui.admin import agreement_report, leaderboard_report
+from labeling_ui.export import export_project
+from labeling_ui.gradio_api import current_admin, current_user, guarded, register_api
+
+LETTERS = string.ascii_uppercase
+
+# Keyboard: a-h pick a candidate, 1-8 give it a rank (then the next candidate is picked),
+# Enter submits, x skips. Keys typed into text fields, and keys outside the Rank tab, are left alone.
+KEYBOARD_JS = """
+<script>
+(() => {
+  let current = 0;
+  const cards = () => [...Array(8).keys()].map(i => document.getElementById('cand-' + i))
+    .filter(c => c && c.offsetParent !== null);
+  const pick = (i) => {
+    const all = cards(); if (!all.length) return;
+    current = Math.max(0, Math.min(i, all.length - 1));
+    all.forEach((c, j) => c.classList.toggle('cand-current', j === current));
+  };
+  document.addEventListener('keydown', (e) => {
+    const t = e.target;
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (t && (t.tagName === 'TEXTAREA' || (t.tagName === 'INPUT' && t.type !== 'radio'))) return;
+    if (!document.getElementById('submit-btn')?.offsetParent) return;
+    const k = e.key.toLowerCase();
+    if (k.length === 1 && k >= 'a' && k <= 'h') { pick(k.charCodeAt(0) - 97); e.preventDefault(); return; }
+    if (k.length === 1 && k >= '1' && k <= '8') {
+      const card = cards()[current]; if (!card) return;
+      const radio = card.querySelector(`input[type=radio][value="${k}"]`);
+      if (radio) { radio.click(); pick(current + 1); e.preventDefault(); }
+      return;
+    }
+    if (k === 'enter') { document.querySelector('#submit-btn')?.click(); pick(0); e.preventDefault(); }
+    if (k === 'x') { document.querySelector('#skip-btn')?.click(); pick(0); e.preventDefault(); }
+  });
+})();
+</script>
+"""
+
+CSS = """
+.cand-current { outline: 3px solid var(--color-accent); border-radius: 8px; }
+.cand-text { font-size: 1.02em; }
+"""
+
+
+def build_blocks(store: st.Store) -> gr.Blocks:
+    with gr.Blocks(title="align labeling") as blocks:
+        task_state = gr.State(None)  # {"assignment_id": int, "ids": [candidate id in shown order]}
+        with gr.Row():
+            who = gr.Markdown("")
+            gr.Button("Log out", link="/logout", size="sm", scale=0)
+        with gr.Tabs():
+            with gr.Tab("Rank", id="rank"):
+                with gr.Row():
+                    project = gr.Dropdown(label="Project", choices=[], interactive=True, elem_id="project")
+                    start = gr.Button("Start / next item", variant="primary", elem_id="start-btn")
+                progress = gr.Markdown("", elem_id="my-progress")
+                with gr.Accordion("Guidelines", open=False):
+                    guidelines = gr.Markdown("")
+                prompt = gr.Markdown("", elem_id="prompt", line_breaks=True)
+                cards, texts, radios = [], [], []
+                for i in range(st.MAX_CANDIDATES):
+                    with gr.Group(visible=False, elem_classes=["cand-card"], elem_id=f"cand-{i}") as card:
+                        texts.append(gr.Markdown("", elem_classes=["cand-text"], line_breaks=True))
+                        radios.append(
+                            gr.Radio(
+                                [],
+                                label=f"Rank of {LETTERS[i]} (1 = best; ties allowed)",
+                                elem_id=f"rank-{i}",
+                            )
+                        )
+                    cards.append(card)
+                gr.Markdown("Keys: **a-h** pick a candidate, **1-8** rank it, **Enter** submit, **x** skip.")
+                with gr.Row():
+                    submit = gr.Button("Submit ranking", variant="primary", elem_id="submit-btn")
+                    skip = gr.Button("Skip", elem_id="skip-btn")
+                    reason = gr.Textbox(label="Reason (required to flag)", elem_id="reason", scale=2)
+                    flag = gr.Button("Flag", variant="stop", elem_id="flag-btn")
+                status = gr.Markdown("", elem_id="status")
+
+            with gr.Tab("Arena", id="arena"):
+                battle_state = gr.State(None)  # the battle shown and not yet voted on (BattleView as a dict)
+                with gr.Row():
+                    arena_project = gr.Dropdown(label="Arena", choices=[], interactive=True, elem_id="arena-project")
+                    next_battle = gr.Button("Next battle", variant="primary", elem_id="arena-next-btn")
+                arena_progress = gr.Markdown("", elem_id="arena-progress")
+                battle_prompt = gr.Markdown("", elem_id="arena-prompt", line_breaks=True)
+                with gr.Row(equal_height=True):
+                    answer_a = gr.Markdown("", elem_id="arena-a", line_breaks=True)
+                    answer_b = gr.Markdown("", elem_id="arena-b", line_breaks=True)
+                with gr.Row():
+                    vote_buttons = {
+                        vote: gr.Button(label, elem_id=f"vote-{vote}", variant=variant)
+                        for vote, label, variant in (
+                            ("a", "A is better", "primary"),
+                            ("tie", "Tie", "secondary"),
+                            ("both_bad", "Both are bad", "stop"),
+                            ("b", "B is better", "primary"),
+                        )
+                    }
+                reveal = gr.Markdown("", elem_id="arena-reveal")
+
+            with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
+                with gr.Row():
+                    admin_project = gr.Dropdown(label="Project", choices=[], elem_id="admin-project")
+                    refresh = gr.Button("Refresh", elem_id="refresh-btn")
+                summary = gr.Markdown("", elem_id="admin-summary")
+                leaderboard_table = gr.Dataframe(
+                    label="Arena leaderboard: Elo and Bradley-Terry ratings, 95% bootstrap intervals",
+                    interactive=False,
+                    elem_id="leaderboard",
+                    visible=False,
+                )
+                per_annotator = gr.Dataframe(label="Progress per annotator", interactive=False)
+                taus = gr.Dataframe(label="Kendall's tau-b per pair of annotators", interactive=False)
+                consensus_table = gr.Dataframe(
+                    label="Consensus ranking per item (mean rank)", interactive=False
+                )
+                flags = gr.Dataframe(label="Flagged items", interactive=False)
+                with gr.Row():
+                    export_mode = gr.Radio(["all", "consensus"], value="all", label="Pairs")
+                    export_format = gr.Radio(["jsonl", "parquet"], value="jsonl", label="Format")
+                    export_button = gr.Button("Export preference pairs", elem_id="export-btn")
+                export_file = gr.File(label="Export", elem_id="export-file")
+                with gr.Accordion("Rankings of one annotator", open=False):
+                    annotator = gr.Textbox(label="Annotator")
+                    show_rankings = gr.Button("Show")
+                    rankings_table = gr.Dataframe(interactive=False)
+                with gr.Accordion("Add a user", open=False):
+                    new_name = gr.Textbox(label="Name")
+                    new_password = gr.Textbox(label="Password", type="password")
+                    new_role = gr.Radio(list(st.ROLES), value="annotator", label="Role")
+                    add_button = gr.Button("Add user")
+                    add_status = gr.Markdown("")
+                audit_table = gr.Dataframe(label="Audit log (latest first)", interactive=False)
+
+        candidate_outputs = [*cards, *texts, *radios]
+
+        def blank(message: str):
+            hidden = [gr.update(visible=False)] * st.MAX_CANDIDATES
+            keep = [gr.update()] * (2 * st.MAX_CANDIDATES)
+            return (None, "", "", "", message, *hidden, *keep)
+
+        def render(task: st.Task | None, user: st.User, project_name: str, message: str = ""):
+            mine = st.user_progress(store, user, project_name)
+            progress_text = (
+                f"**Your progress in {project_name}:** {mine['ranked']} ranked, {mine['skipped']} skipped, "
+                f"{mine['flagged']} flagged (project has {mine['items']} items)"
+            )
+            if task is None:
+                hidden = [gr.update(visible=False)] * st.MAX_CANDIDATES
+                return (
+                    None,
+                    progress_text,
+                    "",
+                    "**No items left for you in this project. Thank you!**",
+                    message,
+                    *hidden,
+                    *[gr.update()] * st.MAX_CANDIDATES,
+                    *[gr.update(value=None)] * st.MAX_CANDIDATES,
+                )
+            k = len(task.candidates)
+            choices = [str(r) for r in range(1, k + 1)]
+            card_updates = [gr.update(visible=i < k) for i in range(st.MAX_CANDIDATES)]
+            text_updates = [
+                gr.update(value=f"**{LETTERS[i]}.** {task.candidates[i]['text']}" if i < k else "")
+                for i in range(st.MAX_CANDIDATES)
+            ]
+            radio_updates = [gr.update(choices=choices, value=None) for _ in range(st.MAX_CANDIDATES)]
+            state = {"assignment_id": task.assignment_id, "ids": [c["id"] for c in task.candidates]}
+            return (
+                state,
+                progress_text,
+                task.guidelines or "_No guidelines for this project._",
+                f"### Prompt\n\n{task.prompt}",
+                message,
+                *card_updates,
+                *text_updates,
+                *radio_updates,
+            )
+
+        task_outputs = [task_state, progress, guidelines, prompt, status, *candidate_outputs]
+
+        def on_load(request: gr.Request):
+            user = current_user(store, request)
+            projects = st.list_projects(store)
+            first = projects[0] if projects else None
+            admin = user.role == "admin"
+            ranking = st.list_projects(store, "ranking")
+            arenas = st.list_projects(store, "arena")
+            return (
+                f"Logged in as **{user.name}** ({user.role})",
+                gr.update(choices=ranking, value=ranking[0] if ranking else None),
+                gr.update(choices=arenas, value=arenas[0] if arenas else None),
+                gr.update(visible=admin),
+                gr.update(choices=projects, value=first) if admin else gr.update(),
+            )
+
+        @guarded
+        def on_next(project_name: str, request: gr.Request):
+            if not project_name:
+                return blank("Choose a project, then press **Start / next item**.")
+            user = current_user(store, request)
+            return render(st.claim_next(store, user, project_name), user, project_name)
+
+        @guarded
+        def on_submit(
+            state: dict | None, project_name: str, r0, r1, r2, r3, r4, r5, r6, r7, request: gr.Request
+        ):
+            ranks = (r0, r1, r2, r3, r4, r5, r6, r7)  # one per candidate slot (MAX_CANDIDATES)
+            if not state:
+                raise AlignError("no open item: press 'Start / next item'")
+            user = current_user(store, request)
+            ids = state["ids"]
+            missing = [LETTERS[i] for i in range(len(ids)) if not ranks[i]]
+            if missing:
+                raise AlignError(f"rank every candidate before submitting (missing: {', '.join(missing)})")
+            st.submit_ranking(
+                store, user, state["assignment_id"], {ids[i]: int(ranks[i]) for i in range(len(ids))}
+            )
+            return render(st.claim_next(store, user, project_name), user, project_name, "Saved. Next item:")
+
+        def releaser(status_name: str):
+            @guarded
+            def on_release(state: dict | None, project_name: str, why: str, request: gr.Request):
+                if not state:
+                    raise AlignError("no open item: press 'Start / next item'")
+                user = current_user(store, request)
+                st.release(store, user, state["assignment_id"], status_name, why)
+                result = render(
+                    st.claim_next(store, user, project_name), user, project_name, f"Item {status_name}."
+                )
+                return (*result, "")
+
+            return on_release
+
+        def votes_text(user: st.User, project_name: str) -> str:
+            mine = arena.arena_progress(store, user, project_name)
+            return f"**Your votes in {project_name}:** {mine['voted']} of {mine['battles']} battles"
+
+        def answers(view: dict, model_a: str = "", model_b: str = "") -> tuple[str, str]:
+            name = lambda model: f": {model}" if model else ""  # noqa: E731
+            return f"#### A{name(model_a)}\n\n{view['a']}", f"#### B{name(model_b)}\n\n{view['b']}"
+
+        @guarded
+        def on_battle(project_name: str, request: gr.Request):
+            if not project_name:
+                return None, "", "", "", "", "No arena yet: an admin creates one with `align label import --arena`."
+            user = current_user(store, request)
+            view = arena.next_battle(store, user, project_name)
+            if view is None:
+                done = "**No battles left for you in this arena. Thank you!**"
+                return None, votes_text(user, project_name), done, "", "", ""
+            return (
+                view.model_dump(),
+                votes_text(user, project_name),
+                f"### Prompt\n\n{view.prompt}",
+                *answers(view.model_dump()),
+                "Which answer is better? The models' names are shown after your vote.",
+            )
+
+        def voter(vote: str):
+            @guarded
+            def on_vote(view: dict | None, project_name: str, request: gr.Request):
+                if view is None:
+                    raise AlignError("no open battle: press 'Next battle'")
+                user = current_user(store, request)
+                shown = arena.cast_vote(store, user, view["battle_id"], vote)
+                said = {"a": "A is better", "b": "B is better", "tie": "a tie", "both_bad": "both are bad"}[vote]
+                return (
+                    None,
+                    votes_text(user, project_name),
+                    *answers(view, shown.model_a, shown.model_b),
+                    f"**You voted: {said}.** A was **{shown.model_a}**, B was **{shown.model_b}**. "
+                    "Press **Next battle** for another.",
+                )
+
+            return on_vote
+
+        private = {"api_visibility": "private"}
+        battle_view = [battle_state, arena_progress, battle_prompt, answer_a, answer_b, reveal]
+        blocks.load(on_load, None, [who, project, arena_project, admin_tab, admin_project], **private).then(
+            on_next, [project], task_outputs, **private
+        ).then(on_battle, [arena_project], battle_view, **private)
+        next_battle.click(on_battle, [arena_project], battle_view, **private)
+        for vote, button in vote_buttons.items():
+            button.click(
+                voter(vote),
+                [battle_state, arena_project],
+                [battle_state, arena_progress, answer_a, answer_b, reveal],
+                **private,
+            )
+        start.click(on_next, [project], task_outputs, **private)
+        submit.click(on_submit, [task_state, project, *radios], task_outputs, **private)
+        skip.click(releaser("skipped"), [task_state, project, reason], [*task_outputs, reason], **private)
+        flag.click(releaser("flagged"), [task_state, project, reason], [*task_outputs, reason], **private)
+
+        @guarded
+        def on_refresh(project_name: str, request: gr.Request):
+            if not project_name:
+                return (gr.update(),) * 7
+            current_admin(store, request)
+            progress_data = st.project_progress(store, project_name)
+            report = agreement_report(store, project_name)
+            rows = [
+                {"annotator": name, **counts} for name, counts in sorted(progress_data["annotators"].items())
+            ]
+            text = (
+                f"**{project_name}**: {progress_data['done']} / {progress_data['needed']} annotations "
+                f"({progress_data['percent']}%), {progress_data['items']} items x M={progress_data['annotations_per_item']}. "
+                f"Krippendorff's alpha: ordinal {report['alpha_ordinal']}, interval {report['alpha_interval']}."
+            )
+            board = leaderboard_report(store, project_name)
+            if board["votes"]:
+                text += f" Arena: {board['votes']} votes ({board['both_bad']} both bad, counted as ties)."
+            return (
+                text,
+                _leaderboard_update(board["rows"]),
+                _frame(rows, ["annotator", "submitted", "active", "skipped", "flagged", "expired"]),
+                _frame(report["kendall_tau"], ["annotator_a", "annotator_b", "items", "tau"]),
+                _frame(report["consensus"], ["item", "prompt", "annotators", "consensus"]),
+                _frame(st.flagged_items(store, project_name), ["item", "annotator", "reason", "at"]),
+                _frame(st.audit_log(store, 100), ["at", "user", "action", "detail"]),
+            )
+
+        @guarded
+        def on_export(project_name: str, mode: str, file_format: str, request: gr.Request):
+            admin = current_admin(store, request)
+            out = os.path.join(
+                tempfile.mkdtemp(prefix="align-export-"), f"{project_name}-{mode}.{file_format}"
+            )
+            export_project(store, project_name, out, mode=mode, by=admin.name)  # type: ignore[arg-type]
+            return out
+
+        @guarded
+        def on_rankings(project_name: str, name: str, request: gr.Request):
+            current_admin(store, request)
+            rows = [
+                {
+                    "item": item.external_id,
+                    "prompt": item.prompt[:80],
+                    "ranking": " , ".join(f"{item.candidates[c][:30]!r}: {r}" for c, r in ranks.items()),
+                }
+                for item in st.ranked_items(store, project_name, name or None)
+                for who_, ranks in item.rankings.items()
+                if not name or who_ == name
+            ]
+            return _frame(rows, ["item", "prompt", "ranking"])
+
+        @guarded
+        def on_add_user(name: str, password: str, role: str, request: gr.Request):
+            admin = current_admin(store, request)
+            st.add_user(store, name, password, role, by=admin.name)
+            return f"Added {role} **{name}**.", ""
+
+        admin_outputs = [summary, leaderboard_table, per_annotator, taus, consensus_table, flags, audit_table]
+        refresh.click(on_refresh, [admin_project], admin_outputs, **private)
+        admin_project.change(on_refresh, [admin_project], admin_outputs, **private)
+        export_button.click(on_export, [admin_project, export_mode, export_format], [export_file], **private)
+        show_rankings.click(on_rankings, [admin_project, annotator], [rankings_table], **private)
+        add_button.click(
+            on_add_user, [new_name, new_password, new_role], [add_status, new_password], **private
+        )
+
+        register_api(store)
+    return blocks
+
+
+def _frame(rows: list[dict[str, Any]], columns: list[str]):
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _leaderboard_update(rows: list[dict[str, Any]]):
+    """The leaderboard table (intervals as 'low - high'), shown only for projects with arena votes."""
+    table = _frame(
+        [
+            {
+                "model": row["model"],
+                "Elo": row["elo"],
+                "Elo 95% CI": "{} - {}".format(*row["elo_ci"]),
+                "Bradley-Terry": row["bt"],
+                "BT 95% CI": "{} - {}".format(*row["bt_ci"]),
+                "votes": row["votes"],
+                "win rate": row["win_rate"],
+            }
+            for row in rows
+        ],
+        ["model", "Elo", "Elo 95% CI", "Bradley-Terry", "BT 95% CI", "votes", "win rate"],
+    )
+    return gr.update(value=table, visible=bool(rows))
