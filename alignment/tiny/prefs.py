@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from alignment.config import Section, align_home
+from alignment.data import read_prompts
 
 
 class TinyPrefsConfig(Section):
@@ -101,10 +102,6 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
 
 
-def _read_prompts(path: Path, limit: int | None) -> list[list[dict]]:
-    return [json.loads(line)["prompt"] for line in path.read_text().splitlines()][:limit]
-
-
 def build_prefs(config: TinyPrefsConfig, force: bool = False) -> Path:
     """Build (or reuse) ``<tiny>/prefs``; returns it. The directory appears only when complete."""
     import torch
@@ -126,7 +123,7 @@ def build_prefs(config: TinyPrefsConfig, force: bool = False) -> Path:
     started, counts = time.perf_counter(), {}
     splits = (("train", config.train_prompts, 0, config.noise), ("eval", config.eval_prompts, 1, config.eval_noise))
     for split, limit, offset, noise in splits:
-        prompts = _read_prompts(tiny / "data" / f"prompts_{split}.jsonl", limit)
+        prompts = read_prompts(tiny / "data" / f"prompts_{split}.jsonl", "prompt", limit)
         responses = sample_responses(tiny / "base", prompts, config.candidates,
                                      config.model_copy(update={"seed": config.seed + offset}))
         rankings = ranking_rows(prompts, responses, noise, config.seed + offset)
