@@ -73,6 +73,17 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def shared_columns(rows: Sequence[Any]) -> list[str]:
+    """The columns every row has (what reward functions may read), sorted; none unless all rows are dicts."""
+    keys = [set(row) for row in rows if isinstance(row, dict)]
+    return sorted(set.intersection(*keys)) if keys and len(keys) == len(rows) else []
+
+
+def columns_of(rows: Sequence[dict[str, Any]], indices: Sequence[int]) -> dict[str, list[Any]]:
+    """Each shared column's values at the rows ``indices`` (one value per index, in order)."""
+    return {key: [rows[i][key] for i in indices] for key in shared_columns(rows)}
+
+
 def row_location(path: str | Path, index: int) -> str:
     """How to point a user at row ``index`` (0-based): ``file:line`` for JSONL, ``file row N`` otherwise."""
     path = Path(path)

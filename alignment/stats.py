@@ -1,7 +1,8 @@
-"""Small statistics shared by checkpoint comparison and the arena leaderboard."""
+"""Small statistics shared by checkpoint comparison, RL evaluation and the arena leaderboard."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -27,3 +28,20 @@ def bootstrap_ci(
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(values, [alpha, 1.0 - alpha])
     return float(low), float(high)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` are correct: the chance that at least one of
+    ``k`` samples drawn without replacement from the ``n`` is correct (Chen et al. 2021, "Evaluating
+    Large Language Models Trained on Code", eq. 1):
+
+        pass@k = 1 - C(n - c, k) / C(n, k) = 1 - prod_{i = n - c + 1}^{n} (1 - k / i)
+
+    computed as the product (no huge binomials). Averaged over problems, it estimates the pass@k of
+    the model without the bias of 1 - (1 - c/n)^k. ValueError unless 0 <= c <= n and 1 <= k <= n.
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n (got n={n}, c={c}, k={k})")
+    if n - c < k:  # every k-subset holds a correct sample
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))

@@ -14,7 +14,7 @@ LAYERS = {
     "alignment.cluster": 1, "alignment.strategy": 1, "alignment.data": 1, "alignment.pair_packing": 1,
     "alignment.models": 1, "alignment.model_import": 1, "alignment.checkpoint": 1, "alignment.tracking": 1,
     "alignment.job": 1, "alignment.losses": 1, "alignment.logprobs": 1, "alignment.preference_data": 1,
-    "rollout": 2, "reward.functions": 2, "reward.model": 2,
+    "rollout": 2, "reward.functions": 2, "reward.model": 2, "reward.verifiers": 2,
     "alignment.trainer": 3, "alignment.sft": 3, "alignment.dpo": 3, "alignment.ppo": 3, "reward.train": 3,
     "alignment.compare": 4, "alignment.compare_report": 4, "alignment.generation": 4,
     "labeling_ui": 5,
