@@ -1,19 +1,25 @@
 """A small JSON HTTP API beside the Gradio app (load tests, scripts): bearer-token auth, same store functions.
 
-POST /api/v1/login                         {"name", "password"} -> {"token", "role"}
+POST /api/v1/login                         {"name", "password"} -> {"token", "role", "expires_in"}
 POST /api/v1/projects/{project}/next       -> {"task": {...} | null}
 POST /api/v1/tasks/{id}/submit             {"ranks": {candidate_id: rank}} -> {"ranking_id"}
 POST /api/v1/tasks/{id}/skip | /flag       {"reason"}
 GET  /api/v1/projects/{project}/me         own progress
 POST /api/v1/projects/{project}/battles/next  -> {"battle": {...} | null} (no model names)
 POST /api/v1/battles/{id}/vote             {"vote": "a" | "b" | "tie" | "both_bad"} -> models revealed
-GET  /api/v1/admin/...                     progress, agreement, leaderboard, rankings, export, users, audit (admins only)
+GET  /api/v1/admin/...                     progress, agreement, leaderboard, rankings, export, users, audit,
+                                           login locks (admins only); POST /api/v1/admin/unlock {"name" | "address"}
+
+Errors are ``{"detail": "..."}``: 400 bad input, 401 not logged in or session expired, 403 not an admin,
+422 a value of the wrong type (the detail names the field), 429 login locked (with ``Retry-After``).
 """
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import StrictStr
 
 from alignment.errors import AlignError
 from labeling_ui import arena
@@ -27,6 +33,23 @@ def install_error_handlers(app: FastAPI) -> None:
     async def bad_request(_request: Request, error: AlignError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=400)
 
+    @app.exception_handler(st.InvalidInput)
+    async def invalid_input(_request: Request, error: st.InvalidInput) -> JSONResponse:
+        return JSONResponse({"detail": str(error), "fields": error.fields}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [(".".join(str(part) for part in e["loc"]), e["msg"]) for e in error.errors()]
+        return JSONResponse(
+            {"detail": "; ".join(f"{field}: {message}" for field, message in problems),
+             "fields": [field for field, _ in problems]},
+            status_code=422,
+        )
+
+    @app.exception_handler(st.LoginLocked)
+    async def locked(_request: Request, error: st.LoginLocked) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=429, headers={"Retry-After": str(error.retry_after)})
+
     @app.exception_handler(PermissionError)
     async def forbidden(_request: Request, error: PermissionError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=403)
@@ -37,7 +60,10 @@ def build_router(store: st.Store) -> APIRouter:
 
     def current_user(authorization: Annotated[str | None, Header()] = None) -> st.User:
         scheme, _, token = (authorization or "").partition(" ")
-        user = st.user_for_token(store, token) if scheme.lower() == "bearer" and token else None
+        try:
+            user = st.user_for_token(store, token) if scheme.lower() == "bearer" and token else None
+        except st.SessionExpired as error:
+            raise HTTPException(401, str(error), headers={"WWW-Authenticate": "Bearer"}) from error
         if user is None:
             raise HTTPException(
                 401, "log in first: POST /api/v1/login, then send 'Authorization: Bearer <token>'"
@@ -52,11 +78,17 @@ def build_router(store: st.Store) -> APIRouter:
     Admin = Annotated[st.User, Depends(current_admin)]
 
     @router.post("/login")
-    def login(name: Annotated[str, Body()], password: Annotated[str, Body()]) -> dict[str, str]:
-        user = st.authenticate(store, name, password)
+    def login(
+        request: Request, name: Annotated[StrictStr, Body()], password: Annotated[StrictStr, Body()]
+    ) -> dict[str, Any]:
+        user = st.authenticate(store, name, password, request.client.host if request.client else None)
         if user is None:
             raise HTTPException(401, "wrong user name or password")
-        return {"token": st.create_api_session(store, user), "role": user.role}
+        return {
+            "token": st.create_api_session(store, user),
+            "role": user.role,
+            "expires_in": int(store.security.session_ttl.total_seconds()),
+        }
 
     @router.get("/projects")
     def projects(_user: User) -> list[str]:
@@ -133,6 +165,18 @@ def build_router(store: st.Store) -> APIRouter:
     ) -> dict[str, str]:
         st.add_user(store, name, password, role, by=admin.name)
         return {"name": name, "role": role}
+
+    @router.get("/admin/locks")
+    def locks(_admin: Admin) -> list[dict[str, Any]]:
+        return st.login_throttles(store)
+
+    @router.post("/admin/unlock")
+    def unlock(
+        admin: Admin,
+        name: Annotated[StrictStr | None, Body()] = None,
+        address: Annotated[StrictStr | None, Body()] = None,
+    ) -> dict[str, int]:
+        return {"cleared": st.unlock(store, name, address, by=admin.name)}
 
     @router.get("/admin/audit")
     def audit(_admin: Admin, limit: int = 200) -> list[dict[str, Any]]:

@@ -92,6 +92,7 @@ class BattleView(BaseModel):
     prompt: str
     a: str
     b: str
+    render: str = "text"  # the project's display mode: "text" (as written) or "markdown"
 
 
 class Reveal(BaseModel):
@@ -139,6 +140,7 @@ def next_battle(store: Store, user: User, project_name: str) -> BattleView | Non
             prompt=item.prompt,
             a=first.text,
             b=second.text,
+            render=project.render,
         )
 
 

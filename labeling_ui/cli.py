@@ -44,6 +44,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=60,
         help="an item left open this long goes back to the pool",
     )
+    serve.add_argument("--session-ttl-minutes", type=float, default=720,
+                       help="a login (API token or page session) lasts this long (default 12 h)")
+    serve.add_argument("--lock-after", type=int, default=5,
+                       help="failed logins in a row that lock an account (default 5)")
+    serve.add_argument("--lock-after-per-address", type=int, default=20,
+                       help="failed logins from one client address that lock it (default 20)")
+    serve.add_argument("--lock-minutes", type=float, default=5,
+                       help="the first lock; each further one doubles, up to --max-lock-minutes (default 5)")
+    serve.add_argument("--max-lock-minutes", type=float, default=60, help="the longest lock (default 60)")
     serve.set_defaults(func=_serve)
 
     users = commands.add_parser("users", help="manage accounts")
@@ -56,6 +65,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.set_defaults(func=_users_add)
     listing = with_db(user_commands.add_parser("list", help="list accounts"))
     listing.set_defaults(func=_users_list)
+    unlock = with_db(user_commands.add_parser(
+        "unlock", help="lift a login lock and forget the failed logins of an account or client address"))
+    unlock.add_argument("name", nargs="?", help="the account")
+    unlock.add_argument("--address", help="a client address (IP) locked after failed logins")
+    unlock.set_defaults(func=_users_unlock)
+    locks = with_db(user_commands.add_parser("locks", help="accounts and addresses with failed logins or a lock"))
+    locks.set_defaults(func=_users_locks)
 
     importer = with_db(commands.add_parser("import", help="import prompts with candidates from JSONL"))
     importer.add_argument("project")
@@ -71,6 +87,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     importer.add_argument("--guidelines", type=Path, help="Markdown file shown to annotators")
     importer.add_argument("--arena", action="store_true", help=ARENA_HELP)
+    importer.add_argument("--render", choices=["text", "markdown"], default=None,
+                          help="how prompts and candidates are shown: text, exactly as written (new projects), "
+                          "or Markdown with raw HTML shown as text")
     importer.set_defaults(func=_import)
 
     generate = with_db(commands.add_parser(
@@ -119,9 +138,24 @@ def _store(args: argparse.Namespace) -> Store:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from labeling_ui.app import serve
+    from datetime import timedelta
 
-    serve(args.db, args.host, args.port, args.claim_timeout_minutes)
+    from pydantic import ValidationError
+
+    from labeling_ui.app import serve
+    from labeling_ui.store import SecuritySettings
+
+    try:
+        security = SecuritySettings(
+            session_ttl=timedelta(minutes=args.session_ttl_minutes),
+            lock_after=args.lock_after,
+            lock_after_per_address=args.lock_after_per_address,
+            lock_time=timedelta(minutes=args.lock_minutes),
+            max_lock_time=timedelta(minutes=args.max_lock_minutes),
+        )
+    except ValidationError as error:
+        raise AlignError(f"serve: {error.errors()[0]['loc'][0]}: {error.errors()[0]['msg']}") from error
+    serve(args.db, args.host, args.port, args.claim_timeout_minutes, security)
     return 0
 
 
@@ -147,6 +181,24 @@ def _users_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _users_unlock(args: argparse.Namespace) -> int:
+    from labeling_ui.store import unlock
+
+    cleared = unlock(_store(args), args.name, args.address)
+    what = " and ".join(x for x in (args.name and f"account {args.name}", args.address and f"address {args.address}") if x)
+    print(f"unlocked {what}" if cleared else f"{what}: no failed logins on record")
+    return 0
+
+
+def _users_locks(args: argparse.Namespace) -> int:
+    from labeling_ui.store import login_throttles
+
+    for row in login_throttles(_store(args)):
+        until = f"locked until {row['locked_until']} UTC" if row["locked_until"] else "not locked"
+        print(f"{row['scope']}\t{row['key']}\t{row['failures']} failures\t{row['locks']} locks\t{until}")
+    return 0
+
+
 def _import(args: argparse.Namespace) -> int:
     from labeling_ui.store import import_items, read_jsonl
 
@@ -162,6 +214,7 @@ def _import(args: argparse.Namespace) -> int:
         read_jsonl(args.file),
         annotations_per_item=args.annotations_per_item,
         guidelines=guidelines,
+        render=args.render,
     )
     print(f"{args.project}: added {counts['added']} items, skipped {counts['skipped']} already present")
     _make_battles(args, store)

@@ -113,6 +113,9 @@ BAD_RANKINGS = {
     "unknown": (lambda ids: {ids[0]: 1, ids[1]: 2, ids[2]: 3, 99999: 3}, "unknown candidates"),
     "zero": (lambda ids: {ids[0]: 0, ids[1]: 2, ids[2]: 3}, "start at 1"),
     "too_high": (lambda ids: {ids[0]: 1, ids[1]: 2, ids[2]: 4}, "ranks go from 1 to 3"),
+    "bool": (lambda ids: {ids[0]: True, ids[1]: 2, ids[2]: 3}, r"ranks\.\d+: Input should be a valid integer"),
+    "string": (lambda ids: {ids[0]: "1", ids[1]: 2, ids[2]: 3}, r"ranks\.\d+: Input should be a valid integer"),
+    "float": (lambda ids: {ids[0]: 1.0, ids[1]: 2, ids[2]: 3}, r"ranks\.\d+: Input should be a valid integer"),
 }
 
 

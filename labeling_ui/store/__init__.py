@@ -7,13 +7,13 @@ SQLite (WAL, ``BEGIN IMMEDIATE``) and on PostgreSQL alike.
 
 Modules, each one idea: ``schema`` (tables, constants), ``engine`` (the database, transactions,
 audit writes), ``users`` (passwords, logins, API sessions), ``items`` (projects, imports),
-``tasks`` (claiming, submitting, releasing), ``reports`` (progress, rankings, flags, the audit log).
+``throttle`` (failed logins per account and address, locks), ``tasks`` (claiming, submitting, releasing), ``reports`` (progress, rankings, flags, the audit log).
 Import from the package: ``from labeling_ui import store as st``.
 """
 
 from __future__ import annotations
 
-from labeling_ui.store.engine import Store, audit
+from labeling_ui.store.engine import SecuritySettings, Store, audit
 from labeling_ui.store.items import ItemRecord, get_project, import_items, list_projects, read_jsonl
 from labeling_ui.store.reports import (
     RankedItem,
@@ -25,6 +25,7 @@ from labeling_ui.store.reports import (
 )
 from labeling_ui.store.schema import (
     MAX_CANDIDATES,
+    RENDER_MODES,
     ROLES,
     SESSION_LIFETIME,
     VOTES,
@@ -35,6 +36,7 @@ from labeling_ui.store.schema import (
     Battle,
     Candidate,
     Item,
+    LoginThrottle,
     Project,
     Ranking,
     User,
@@ -43,6 +45,7 @@ from labeling_ui.store.schema import (
     now,
 )
 from labeling_ui.store.tasks import (
+    InvalidInput,
     RankingInput,
     Task,
     claim_next,
@@ -51,7 +54,9 @@ from labeling_ui.store.tasks import (
     release,
     submit_ranking,
 )
+from labeling_ui.store.throttle import LoginLocked, login_throttles, unlock
 from labeling_ui.store.users import (
+    SessionExpired,
     add_user,
     authenticate,
     check_password,
@@ -72,6 +77,13 @@ __all__ = [
     "Candidate",
     "Item",
     "MAX_CANDIDATES",
+    "RENDER_MODES",
+    "LoginThrottle",
+    "LoginLocked",
+    "SecuritySettings",
+    "SessionExpired",
+    "login_throttles",
+    "unlock",
     "Project",
     "ROLES",
     "Ranking",
@@ -97,6 +109,7 @@ __all__ = [
     "import_items",
     "list_projects",
     "read_jsonl",
+    "InvalidInput",
     "RankingInput",
     "Task",
     "claim_next",

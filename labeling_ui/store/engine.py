@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from datetime import timedelta
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import (
     create_engine,
     event,
@@ -17,6 +19,7 @@ from sqlalchemy.pool import StaticPool
 
 from alignment.errors import AlignError
 from labeling_ui.store.schema import (
+    SESSION_LIFETIME,
     AuditEntry,
     Base,
     default_db_url,
@@ -43,21 +46,47 @@ def _configure_sqlite(engine: Engine) -> None:
         )
 
 
+# Columns added since a database could have been created: (table, column, its SQL type and default).
+# Each is nullable or has a default, so ``ALTER TABLE ... ADD COLUMN`` upgrades SQLite and PostgreSQL alike.
+ADDED_COLUMNS = (
+    ("items", "prompt_messages", "JSON"),
+    ("projects", "render", "VARCHAR(16) DEFAULT 'text' NOT NULL"),
+)
+
+
 def _add_missing_columns(engine: Engine) -> None:
-    """Columns added since a database was created (nullable ones only), so older databases keep working."""
+    """Add the columns of ``ADDED_COLUMNS`` an older database lacks, so it keeps working (new tables
+    come from ``create_all``)."""
     from sqlalchemy import inspect, text
 
-    present = {column["name"] for column in inspect(engine).get_columns("items")}
-    if "prompt_messages" not in present:
-        with engine.begin() as connection:
-            connection.execute(text("ALTER TABLE items ADD COLUMN prompt_messages JSON"))
+    inspector = inspect(engine)
+    present = {table: {c["name"] for c in inspector.get_columns(table)} for table, _, _ in ADDED_COLUMNS}
+    with engine.begin() as connection:
+        for table, column, sql_type in ADDED_COLUMNS:
+            if column not in present[table]:
+                connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+
+
+class SecuritySettings(BaseModel):
+    """Session lifetime and login throttling (docs/labeling.md, "Logins and sessions")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    session_ttl: timedelta = Field(SESSION_LIFETIME, description="How long a JSON API token or page login lasts.")
+    lock_after: int = Field(5, ge=1, description="Failed logins in a row that lock an account.")
+    lock_after_per_address: int = Field(20, ge=1, description="Failed logins that lock a client address.")
+    lock_time: timedelta = Field(timedelta(minutes=5), description="The first lock; each further one doubles.")
+    max_lock_time: timedelta = Field(timedelta(hours=1), description="The longest lock.")
+    failure_window: timedelta = Field(
+        timedelta(minutes=15), description="Failures older than this (with no lock since) are forgotten."
+    )
 
 
 class Store:
-    """A database handle; the schema is created on first use."""
+    """A database handle; the schema is created (and an older one upgraded) on first use."""
 
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, security: SecuritySettings | None = None) -> None:
         self.url = url or default_db_url()
+        self.security = security or SecuritySettings()
         if self.url.startswith("postgresql://"):
             self.url = "postgresql+psycopg://" + self.url.removeprefix("postgresql://")
         try:

@@ -16,6 +16,7 @@ from alignment.errors import AlignError
 from labeling_ui.store.engine import Store, audit
 from labeling_ui.store.schema import (
     MAX_CANDIDATES,
+    RENDER_MODES,
     Battle,
     Candidate,
     Item,
@@ -50,9 +51,16 @@ def import_items(
     *,
     annotations_per_item: int | None = None,
     guidelines: str | None = None,
+    render: str | None = None,
     by: str = "cli",
 ) -> dict[str, int]:
-    """Create the project if needed and add items; items whose id already exists are skipped."""
+    """Create the project if needed and add items; items whose id already exists are skipped.
+
+    ``render`` (``text``, the default for a new project, or ``markdown``) sets how the project's
+    prompts and candidates are shown (labeling_ui.display); None keeps an existing project's choice.
+    """
+    if render is not None and render not in RENDER_MODES:
+        raise AlignError(f"render must be one of {', '.join(RENDER_MODES)}, not {render!r}")
     parsed: list[ItemRecord] = []
     for line_number, record in enumerate(records, start=1):
         try:
@@ -64,7 +72,10 @@ def import_items(
         project = session.scalar(select(Project).where(Project.name == project_name))
         if project is None:
             project = Project(
-                name=project_name, guidelines=guidelines or "", annotations_per_item=annotations_per_item or 3
+                name=project_name,
+                guidelines=guidelines or "",
+                annotations_per_item=annotations_per_item or 3,
+                render=render or "text",
             )
             session.add(project)
             session.flush()
@@ -73,6 +84,8 @@ def import_items(
                 project.annotations_per_item = annotations_per_item
             if guidelines is not None:
                 project.guidelines = guidelines
+            if render is not None:
+                project.render = render
         if project.annotations_per_item < 1:
             raise AlignError("annotations per item must be at least 1")
         existing = set(session.scalars(select(Item.external_id).where(Item.project_id == project.id)))

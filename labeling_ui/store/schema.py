@@ -21,7 +21,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ROLES = ("annotator", "admin")
 MAX_CANDIDATES = 8
-SESSION_LIFETIME = timedelta(hours=12)
+SESSION_LIFETIME = timedelta(hours=12)  # the default; `align label serve --session-ttl-minutes` sets it
+RENDER_MODES = ("text", "markdown")  # how candidates and prompts are shown (labeling_ui.display)
 
 
 def now() -> datetime:
@@ -58,12 +59,30 @@ class ApiSession(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime)
 
 
+class LoginThrottle(Base):
+    """Failed logins of one account or one client address (``scope``), and the lock they led to.
+
+    ``failures`` counts the failures since the last success, unlock or quiet window; ``locks`` how many
+    locks came in a row (each lasts twice the one before). Kept in the database, so a lock holds across
+    restarts and for every server process.
+    """
+
+    __tablename__ = "login_throttle"
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)  # "account" or "address"
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    locks: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
 class Project(Base):
     __tablename__ = "projects"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     guidelines: Mapped[str] = mapped_column(Text, default="")
     annotations_per_item: Mapped[int] = mapped_column(Integer)
+    render: Mapped[str] = mapped_column(String(16), default="text", server_default="text")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
 
 

@@ -7,7 +7,7 @@ import random
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, ValidationError, field_validator
+from pydantic import BaseModel, StrictInt, ValidationError, field_validator
 from sqlalchemy import (
     select,
     update,
@@ -37,6 +37,7 @@ class Task(BaseModel):
     guidelines: str
     prompt: str
     candidates: list[dict[str, Any]]  # {"id": int, "text": str}
+    render: str = "text"  # the project's display mode: "text" (as written) or "markdown"
 
 
 def _task(session: Session, assignment: Assignment, project: Project) -> Task:
@@ -51,6 +52,7 @@ def _task(session: Session, assignment: Assignment, project: Project) -> Task:
         guidelines=project.guidelines,
         prompt=item.prompt,
         candidates=[{"id": c.id, "text": c.text} for c in candidates],
+        render=project.render,
     )
 
 
@@ -108,10 +110,30 @@ def claim_next(store: Store, user: User, project_name: str, *, attempts: int = 2
     return None
 
 
-class RankingInput(BaseModel):
-    """A ranking of every candidate: candidate id -> rank (1 is best; equal ranks are ties)."""
+class InvalidInput(AlignError):
+    """Input of the wrong type or shape (the JSON API answers 422); ``fields`` names the fields at fault."""
 
-    ranks: dict[int, int]
+    def __init__(self, message: str, fields: list[str]) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+    @classmethod
+    def from_validation(cls, what: str, error: ValidationError) -> InvalidInput:
+        problems = [
+            (".".join(str(part) for part in e["loc"]) or "the whole input", e["msg"], e.get("input"))
+            for e in error.errors()
+        ]
+        text = "; ".join(f"{field}: {message} (got {value!r})" for field, message, value in problems)
+        return cls(f"{what}: {text}", [field for field, _, _ in problems])
+
+
+class RankingInput(BaseModel):
+    """A ranking of every candidate: candidate id -> rank (1 is best; equal ranks are ties).
+
+    Ranks are strict integers: ``true``, ``"1"`` and ``1.0`` are refused, never read as 1.
+    """
+
+    ranks: dict[int, StrictInt]
 
     @field_validator("ranks")
     @classmethod
@@ -124,14 +146,18 @@ class RankingInput(BaseModel):
 
 
 def parse_ranking(raw: Any) -> RankingInput:
+    """A ranking from a dict or a JSON text, ``{"ranks": {...}}`` or the bare ``{id: rank}`` mapping."""
     try:
         if isinstance(raw, str):
             raw = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise AlignError(f"malformed ranking: not JSON ({error})") from error
+    try:
         return RankingInput.model_validate(
             {"ranks": raw} if isinstance(raw, dict) and "ranks" not in raw else raw
         )
-    except (ValidationError, json.JSONDecodeError, TypeError) as error:
-        raise AlignError(f"malformed ranking: {error}") from error
+    except ValidationError as error:
+        raise InvalidInput.from_validation("malformed ranking", error) from error
 
 
 def _own_active_assignment(session: Session, user: User, assignment_id: int) -> Assignment:

@@ -7,22 +7,27 @@ import hashlib
 import hmac
 import os
 import secrets
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import (
-    select,
-)
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from alignment.errors import AlignError
 from labeling_ui.store.engine import Store, audit
 from labeling_ui.store.schema import (
     ROLES,
-    SESSION_LIFETIME,
     ApiSession,
     User,
     now,
 )
+from labeling_ui.store.throttle import current_lock, record_failure, record_success, throttle_keys
+
+SESSION_KEPT = timedelta(days=7)  # expired tokens are remembered this long (to say "expired"), then purged
+
+
+class SessionExpired(AlignError):
+    """A JSON API token that was valid once and has expired."""
 
 
 def hash_password(password: str, *, salt: bytes | None = None, n: int = 2**14, r: int = 8, p: int = 1) -> str:
@@ -66,13 +71,37 @@ def list_users(store: Store) -> list[dict[str, Any]]:
         return [{"name": u.name, "role": u.role, "created_at": u.created_at.isoformat()} for u in users]
 
 
-def authenticate(store: Store, name: str, password: str) -> User | None:
-    """The user if the password is right, else None; every attempt is audited."""
-    with store.transaction() as session:
+def authenticate(store: Store, name: str, password: str, address: str | None = None) -> User | None:
+    """The user if the password is right, else None; every attempt is audited.
+
+    Raises :class:`LoginLocked` while the account or the client ``address`` is locked after failed
+    logins (the password is then not even checked), and on the failure that locks it.
+    """
+    keys = throttle_keys(name, address)
+    with store.transaction(write=False) as session:
+        locked = current_lock(session, keys, now())
         user = session.scalar(select(User).where(User.name == name))
-        ok = user is not None and check_password(password, user.password_hash)
-        audit(session, name, "login" if ok else "login_failed")
-        return user if ok else None
+    ok = locked is None and user is not None and check_password(password, user.password_hash)
+    for attempt in range(3):  # two first failures at once on PostgreSQL: one insert loses, then counts again
+        try:
+            with store.transaction() as session:
+                at = now()
+                locked = locked or current_lock(session, keys, at, for_update=True)
+                if locked is not None:
+                    audit(session, name, "login_refused", address=address, reason=str(locked))
+                elif ok:
+                    record_success(session, name)
+                    audit(session, name, "login", address=address)
+                else:
+                    locked = record_failure(session, keys, store.security, name, at)
+                    audit(session, name, "login_failed", address=address, locked=locked is not None)
+            break
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    if locked is not None:
+        raise locked
+    return user if ok else None
 
 
 def get_user(store: Store, name: str) -> User:
@@ -84,23 +113,33 @@ def get_user(store: Store, name: str) -> User:
 
 
 def create_api_session(store: Store, user: User) -> str:
+    """A new bearer token for the JSON API, valid for ``store.security.session_ttl``."""
     token = secrets.token_urlsafe(32)
+    at = now()
     with store.transaction() as session:
+        session.execute(delete(ApiSession).where(ApiSession.expires_at < at - SESSION_KEPT))
         session.add(
             ApiSession(
                 token_hash=hashlib.sha256(token.encode()).hexdigest(),
                 user_id=user.id,
-                expires_at=now() + SESSION_LIFETIME,
+                expires_at=at + store.security.session_ttl,
             )
         )
     return token
 
 
 def user_for_token(store: Store, token: str) -> User | None:
+    """The token's user; None for an unknown token; raises :class:`SessionExpired` for an expired one."""
     with store.transaction(write=False) as session:
         api_session = session.get(ApiSession, hashlib.sha256(token.encode()).hexdigest())
-        if api_session is None or api_session.expires_at < now():
+        if api_session is None:
             return None
+        if api_session.expires_at <= now():
+            minutes = round(store.security.session_ttl.total_seconds() / 60)
+            raise SessionExpired(
+                f"session expired at {api_session.expires_at.isoformat(timespec='seconds')} UTC "
+                f"(sessions last {minutes} minutes); log in again: POST /api/v1/login"
+            )
         return session.get(User, api_session.user_id)
 
 
