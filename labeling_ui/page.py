@@ -3,6 +3,7 @@ keyboard shortcuts and styles."""
 
 from __future__ import annotations
 
+import html
 import os
 import string
 import tempfile
@@ -14,6 +15,8 @@ from alignment.errors import AlignError
 from labeling_ui import arena
 from labeling_ui import store as st
 from labeling_ui.admin import agreement_report, leaderboard_report
+from labeling_ui.display import CSS as DISPLAY_CSS
+from labeling_ui.display import to_html
 from labeling_ui.export import export_project
 from labeling_ui.gradio_api import current_admin, current_user, guarded, register_api
 
@@ -54,8 +57,18 @@ KEYBOARD_JS = """
 
 CSS = """
 .cand-current { outline: 3px solid var(--color-accent); border-radius: 8px; }
-.cand-text { font-size: 1.02em; }
-"""
+.cand-text { padding: 0.5em 0.75em; }
+.cand-label { font-weight: bold; }
+""" + DISPLAY_CSS
+
+
+def prompt_html(prompt: str, render: str) -> str:
+    return f"<h3>Prompt</h3>{to_html(prompt, render)}"
+
+
+def candidate_html(letter: str, text: str, render: str) -> str:
+    """A candidate's letter and its text, shown as the project's ``render`` mode says (always escaped)."""
+    return f'<div class="cand-label">{letter}.</div><div class="cand-body">{to_html(text, render)}</div>'
 
 
 def build_blocks(store: st.Store) -> gr.Blocks:
@@ -72,11 +85,11 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                 progress = gr.Markdown("", elem_id="my-progress")
                 with gr.Accordion("Guidelines", open=False):
                     guidelines = gr.Markdown("")
-                prompt = gr.Markdown("", elem_id="prompt", line_breaks=True)
+                prompt = gr.HTML("", elem_id="prompt")  # model-facing text: labeling_ui.display, never raw
                 cards, texts, radios = [], [], []
                 for i in range(st.MAX_CANDIDATES):
                     with gr.Group(visible=False, elem_classes=["cand-card"], elem_id=f"cand-{i}") as card:
-                        texts.append(gr.Markdown("", elem_classes=["cand-text"], line_breaks=True))
+                        texts.append(gr.HTML("", elem_classes=["cand-text"]))
                         radios.append(
                             gr.Radio(
                                 [],
@@ -99,10 +112,10 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                     arena_project = gr.Dropdown(label="Arena", choices=[], interactive=True, elem_id="arena-project")
                     next_battle = gr.Button("Next battle", variant="primary", elem_id="arena-next-btn")
                 arena_progress = gr.Markdown("", elem_id="arena-progress")
-                battle_prompt = gr.Markdown("", elem_id="arena-prompt", line_breaks=True)
+                battle_prompt = gr.HTML("", elem_id="arena-prompt")
                 with gr.Row(equal_height=True):
-                    answer_a = gr.Markdown("", elem_id="arena-a", line_breaks=True)
-                    answer_b = gr.Markdown("", elem_id="arena-b", line_breaks=True)
+                    answer_a = gr.HTML("", elem_id="arena-a")
+                    answer_b = gr.HTML("", elem_id="arena-b")
                 with gr.Row():
                     vote_buttons = {
                         vote: gr.Button(label, elem_id=f"vote-{vote}", variant=variant)
@@ -168,7 +181,7 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                     None,
                     progress_text,
                     "",
-                    "**No items left for you in this project. Thank you!**",
+                    "<p><b>No items left for you in this project. Thank you!</b></p>",
                     message,
                     *hidden,
                     *[gr.update()] * st.MAX_CANDIDATES,
@@ -178,7 +191,7 @@ def build_blocks(store: st.Store) -> gr.Blocks:
             choices = [str(r) for r in range(1, k + 1)]
             card_updates = [gr.update(visible=i < k) for i in range(st.MAX_CANDIDATES)]
             text_updates = [
-                gr.update(value=f"**{LETTERS[i]}.** {task.candidates[i]['text']}" if i < k else "")
+                gr.update(value=candidate_html(LETTERS[i], task.candidates[i]["text"], task.render) if i < k else "")
                 for i in range(st.MAX_CANDIDATES)
             ]
             radio_updates = [gr.update(choices=choices, value=None) for _ in range(st.MAX_CANDIDATES)]
@@ -187,7 +200,7 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                 state,
                 progress_text,
                 task.guidelines or "_No guidelines for this project._",
-                f"### Prompt\n\n{task.prompt}",
+                prompt_html(task.prompt, task.render),
                 message,
                 *card_updates,
                 *text_updates,
@@ -254,8 +267,12 @@ def build_blocks(store: st.Store) -> gr.Blocks:
             return f"**Your votes in {project_name}:** {mine['voted']} of {mine['battles']} battles"
 
         def answers(view: dict, model_a: str = "", model_b: str = "") -> tuple[str, str]:
-            name = lambda model: f": {model}" if model else ""  # noqa: E731
-            return f"#### A{name(model_a)}\n\n{view['a']}", f"#### B{name(model_b)}\n\n{view['b']}"
+            def one(side: str, model: str) -> str:
+                title = f"{side}: {model}" if model else side
+                body = to_html(view[side.lower()], view.get("render", "text"))
+                return f"<h4>{html.escape(title)}</h4>{body}"
+
+            return one("A", model_a), one("B", model_b)
 
         @guarded
         def on_battle(project_name: str, request: gr.Request):
@@ -264,12 +281,12 @@ def build_blocks(store: st.Store) -> gr.Blocks:
             user = current_user(store, request)
             view = arena.next_battle(store, user, project_name)
             if view is None:
-                done = "**No battles left for you in this arena. Thank you!**"
+                done = "<p><b>No battles left for you in this arena. Thank you!</b></p>"
                 return None, votes_text(user, project_name), done, "", "", ""
             return (
                 view.model_dump(),
                 votes_text(user, project_name),
-                f"### Prompt\n\n{view.prompt}",
+                prompt_html(view.prompt, view.render),
                 *answers(view.model_dump()),
                 "Which answer is better? The models' names are shown after your vote.",
             )

@@ -67,11 +67,7 @@ def test_rank_in_browser_export_and_train_dpo(browser, tmp_path, monkeypatch):
         page = browser.new_page(viewport={"width": 1200, "height": 1100})
         log_in(page, server.url, "ann")
         page.wait_for_selector("#cand-0", state="visible", timeout=60_000)
-        shown = [
-            page.inner_text(f"#cand-{i} .cand-text").split(". ", 1)[1]
-            for i in range(8)
-            if page.is_visible(f"#cand-{i}")
-        ]
+        shown = [page.inner_text(f"#cand-{i} .cand-body") for i in range(8) if page.is_visible(f"#cand-{i}")]
         # keyboard: 'a' picks the first candidate, each digit ranks the picked one and moves on; a tie at rank 2
         typed = [1, 2, 2] + list(range(3, len(shown)))
         page.locator("body").click(position={"x": 5, "y": 5})
@@ -86,11 +82,8 @@ def test_rank_in_browser_export_and_train_dpo(browser, tmp_path, monkeypatch):
         items = st.ranked_items(store, "demo", "ann")
         assert len(items) == 1
 
-        def words(text: str) -> str:  # the page shows Markdown; compare texts up to whitespace
-            return " ".join(text.split())
-
-        stored = {words(items[0].candidates[c]): rank for c, rank in items[0].rankings["ann"].items()}
-        assert stored == {words(text): rank for text, rank in zip(shown, typed, strict=True)}
+        stored = {items[0].candidates[c]: rank for c, rank in items[0].rankings["ann"].items()}
+        assert stored == dict(zip(shown, typed, strict=True))  # the page shows each text exactly as stored
         assert "1 ranked" in page.inner_text("#my-progress")
 
         rank_rest_by_store(store, "ann")
@@ -242,3 +235,56 @@ def test_vote_in_the_arena_and_read_the_leaderboard(browser, tmp_path):
         assert board.index("dpo") < board.index("sft") < board.index("base")
         page.screenshot(path=str(ROOT / "docs" / "labeling_leaderboard.png"), full_page=True)
         page.close()
+
+
+MODEL_TEXTS = {  # what models may write, to be shown exactly so
+    "script": "<script>alert(1)</script>script",
+    "img": "<img src=x onerror=\"document.title='pwned'\">",
+    "indented": "def f(x):\n    if x:\n        return [x,\n                x]\n    return None",
+    "fenced": "Like this:\n\n```python\ndef g(y):\n    return y * 2\n```\nThat doubles it.",
+}
+INJECTED = """() => ({
+  images: [...document.querySelectorAll('img')].filter(i => i.getAttribute('src') === 'x').length,
+  scripts: [...document.scripts].filter(s => s.textContent.includes('alert(1)')).length,
+  inCards: document.querySelectorAll('.cand-body img, .cand-body script, #prompt img, #prompt b').length,
+  title: document.title,
+})"""
+
+
+def test_model_markup_shows_as_text_and_code_keeps_its_indentation(browser, tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'label.db'}"
+    store = st.Store(db_url)
+    st.add_user(store, "ann", PASSWORD)
+    st.import_items(store, "code", [{"id": "x", "prompt": "Answer in <b>code</b>:\n    keep this indent",
+                                     "candidates": list(MODEL_TEXTS.values())}], annotations_per_item=1)
+    with ServerProcess(db_url, log_path=tmp_path / "server.log") as server:
+        page = browser.new_page(viewport={"width": 1100, "height": 1400})
+        dialogs = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+        def shown() -> dict[str, str]:
+            page.wait_for_selector("#cand-3", state="visible", timeout=60_000)
+            texts = [page.inner_text(f"#cand-{i} .cand-body") for i in range(4)]
+            return {name: next(t for t in texts if marker in t) for name, marker in
+                    (("script", "alert(1)"), ("img", "onerror"), ("indented", "def f"), ("fenced", "Like this"))}
+
+        log_in(page, server.url, "ann")
+        text_mode = shown()
+        assert text_mode["script"] == MODEL_TEXTS["script"]
+        assert text_mode["img"] == MODEL_TEXTS["img"]
+        assert text_mode["indented"] == MODEL_TEXTS["indented"]  # every indent kept
+        assert "def g(y):\n    return y * 2" in text_mode["fenced"]
+        assert "```" not in text_mode["fenced"] and page.locator(".cand-body pre code.language-python").count() == 1
+        assert "Answer in <b>code</b>:\n    keep this indent" in page.inner_text("#prompt")
+        assert page.evaluate(INJECTED) == {"images": 0, "scripts": 0, "inCards": 0, "title": "align labeling"}
+        page.screenshot(path=str(ROOT / "docs" / "labeling_display.png"), full_page=True)
+
+        st.import_items(store, "code", [], render="markdown")  # the project switches to Markdown
+        page.reload()
+        markdown_mode = shown()  # the open task comes back, now rendered as Markdown
+        assert markdown_mode["script"] == MODEL_TEXTS["script"]  # raw HTML shows as text
+        assert markdown_mode["img"] == MODEL_TEXTS["img"]
+        assert "def g(y):\n    return y * 2" in markdown_mode["fenced"]
+        assert page.evaluate(INJECTED) == {"images": 0, "scripts": 0, "inCards": 0, "title": "align labeling"}
+        page.close()
+    assert dialogs == []
