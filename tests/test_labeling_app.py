@@ -78,6 +78,9 @@ def test_bad_ranking_is_rejected_with_a_message_and_not_stored(server):
         bea.predict(task["assignment_id"], json.dumps({first: 1}), api_name="/submit")
     with pytest.raises(Exception, match="malformed ranking"):
         bea.predict(task["assignment_id"], "{1: first}", api_name="/submit")
+    as_bools = {c["id"]: True for c in task["candidates"]}  # strict: true is not rank 1
+    with pytest.raises(Exception, match=rf"ranks\.{first}: Input should be a valid integer"):
+        bea.predict(task["assignment_id"], json.dumps(as_bools), api_name="/submit")
     assert stored_rankings(store, "bea") == []
     bea.predict(task["assignment_id"], "not for me", api_name="/skip")
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import (
     create_engine,
     event,
@@ -79,6 +79,13 @@ class SecuritySettings(BaseModel):
     failure_window: timedelta = Field(
         timedelta(minutes=15), description="Failures older than this (with no lock since) are forgotten."
     )
+
+    @field_validator("session_ttl", "lock_time", "max_lock_time", "failure_window")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than zero")
+        return value
 
 
 class Store:
