@@ -102,10 +102,11 @@ def unlock(store: Store, name: str | None = None, address: str | None = None, *,
     with store.transaction() as session:
         cleared = 0
         for scope, key in keys:
-            cleared += session.execute(
+            removed = session.execute(
                 delete(LoginThrottle).where(LoginThrottle.scope == scope, LoginThrottle.key == key)
             ).rowcount
-            audit(session, by, "unlock", scope=scope, key=key, cleared=cleared > 0)
+            audit(session, by, "unlock", scope=scope, key=key, cleared=removed > 0)
+            cleared += removed
     return cleared
 
 
