@@ -84,15 +84,21 @@ def create_app(store: st.Store, host: str = "127.0.0.1", port: int = 7860) -> Fa
     def check(name: str, password: str) -> bool:
         try:
             return st.authenticate(store, name, password, CLIENT_ADDRESS.get()) is not None
-        except st.LoginLocked as error:
-            raise HTTPException(429, str(error), headers={"Retry-After": str(error.retry_after)}) from error
+        except st.LoginLocked as error:  # 400: Gradio's login form shows "Incorrect credentials" only for 400
+            raise HTTPException(400, str(error), headers={"Retry-After": str(error.retry_after)}) from error
+
+    security = store.security
+    lock_minutes = f"{security.lock_time.total_seconds() / 60:g}"
 
     app = gr.mount_gradio_app(
         app,
         blocks,
         path="/",
         auth=check,
-        auth_message="align labeling: log in with your account",
+        auth_message=(
+            f"align labeling: log in with your account. After {security.lock_after} failed logins in a row "
+            f"the account is locked for {lock_minutes} minutes; an admin can unlock it."
+        ),
         server_name=host,
         server_port=port,
         ssr_mode=False,
