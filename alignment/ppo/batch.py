@@ -10,9 +10,12 @@ Shapes, with B samples, T the longest prompt + response and R the longest respon
                                     multi-turn rollouts zero the tokens a tool wrote)
     rollout_logprobs  [B, R] float  the engine's log-probs of the sampled tokens
     finished          [B]    bool   ended with EOS (or a stop string), not cut at max_tokens
+    scores            [B]    float  each response's reward (set by the driver once scored)
     old_logprobs, advantages, ref_logprobs, old_values, returns: [B, R] float, set by the driver
                                     after the experience phase (None until then, or when unused)
+    is_weights        [B, R] float  per-token loss weights correcting the engine/trainer mismatch (None: 1)
     prompts, texts    B-long lists  the prompts as given (text or messages) and the response texts
+    rows              B-long list   each prompt's row in its data file (where reward functions read columns)
 
 Response token j of sample i is predicted by the logits at position ``prompt_lengths[i] - 1 + j``
 (:attr:`positions`). The batch travels through Ray's object store as tensors; workers return
@@ -30,7 +33,7 @@ import torch
 from alignment.data import right_pad
 
 PER_TOKEN = ("response_mask", "loss_mask", "rollout_logprobs", "old_logprobs", "advantages", "ref_logprobs",
-             "old_values", "returns")
+             "old_values", "returns", "is_weights")
 
 
 def equal_shares(count: int, parts: int) -> list[list[int]]:
@@ -54,16 +57,19 @@ class RolloutBatch:
     finished: torch.Tensor
     prompts: list[Any] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    scores: torch.Tensor | None = None
     old_logprobs: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
     old_values: torch.Tensor | None = None
     returns: torch.Tensor | None = None
+    is_weights: torch.Tensor | None = None
 
     @classmethod
     def from_samples(cls, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
                      rollout_logprobs: Sequence[Sequence[float]], finished: Sequence[bool], pad_id: int,
-                     prompts: Sequence[Any] = (), texts: Sequence[str] = ()) -> RolloutBatch:
+                     prompts: Sequence[Any] = (), texts: Sequence[str] = (), rows: Sequence[int] = ()) -> RolloutBatch:
         """Pad per-sample token lists into a batch; every response needs at least one token."""
         if any(len(r) == 0 for r in response_ids):
             raise ValueError("every response needs at least one token (give an empty one its EOS)")
@@ -79,6 +85,7 @@ class RolloutBatch:
             finished=torch.tensor(list(finished), dtype=torch.bool),
             prompts=list(prompts),
             texts=list(texts),
+            rows=list(rows),
         )
 
     def __len__(self) -> int:

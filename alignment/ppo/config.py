@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -19,6 +19,16 @@ from rollout.config import RolloutConfig, SamplingConfig
 Role = Literal["actor", "critic", "reference", "reward"]
 ROLES: tuple[Role, ...] = ("actor", "critic", "reference", "reward")
 GROUP_ESTIMATORS = ("grpo", "rloo", "reinforce_pp_baseline")
+SEQUENCE_ESTIMATORS = ("grpo", "rloo")  # one advantage per sequence
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "dapo": {"algorithm": {"advantage": "grpo", "clip_low": 0.2, "clip_high": 0.28, "loss_aggregation": "token",
+                           "dynamic_sampling": True},
+             "kl": {"coef": 0.0}},
+    "dr_grpo": {"algorithm": {"advantage": "grpo", "grpo_scale": False, "loss_aggregation": "constant"}},
+    "gspo": {"algorithm": {"advantage": "grpo", "importance_ratio": "sequence", "loss_aggregation": "sequence",
+                           "clip_low": 3e-4, "clip_high": 4e-4}},
+}
 
 
 class PromptDataConfig(Section):
@@ -39,6 +49,10 @@ class RewardSourcesConfig(Section):
     clip: float | None = Field(None, gt=0, description="Clip the summed score to [-clip, clip] (None disables).")
     missing_eos_penalty: float | None = Field(None, description="Subtract this from the score of responses cut off before EOS.")
     gold: str | None = Field(None, description="A `module:function` judge reported as reward/gold and eval/gold; never trained on.")
+    verifier: str | None = Field(None, description="A 0/1 correctness check (e.g. `math_answer`) reported as accuracy, pass@k and greedy accuracy; never trained on (list it in `functions` to train on it).")
+    overlong_buffer: int | None = Field(None, ge=1, description="DAPO's soft overlong penalty: responses longer than sampling.max_tokens - this lose up to `overlong_factor` linearly (None disables).")
+    overlong_factor: float = Field(1.0, ge=0, description="The overlong penalty at sampling.max_tokens tokens.")
+    mask_truncated: bool = Field(False, description="DAPO's overlong filtering: responses cut at sampling.max_tokens count in their group's baseline but not in the loss.")
     max_length: int = Field(256, ge=8, description="Prompt + response tokens the reward model reads.")
 
 
@@ -67,7 +81,15 @@ class AlgorithmConfig(Section):
     dual_clip: float | None = Field(None, gt=1, description="Dual-clip bound c > 1 on negative-advantage tokens (None disables).")
     value_clip: float | None = Field(0.2, gt=0, description="Clip value updates to +-this around the old values (None disables).")
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight in the policy loss.")
-    loss_aggregation: Literal["token", "sequence"] = Field("token", description="token: every response token weighs the same; sequence: every response does.")
+    loss_aggregation: Literal["token", "sequence", "constant"] = Field(
+        "token", description="token: every response token weighs the same (DAPO); sequence: every response does (GRPO, GSPO); "
+                             "constant: token sums over sampling.max_tokens per response (Dr. GRPO).")
+    importance_ratio: Literal["token", "sequence"] = Field(
+        "token", description="token: PPO's per-token ratio; sequence: GSPO's length-normalised sequence ratio, clipped per sequence (needs a group estimator).")
+    dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose rewards are all equal and sample more prompts until the batch is full.")
+    max_sampling_rounds: int = Field(4, ge=1, description="Dynamic sampling: at most this many extra rollout rounds per step; then kept groups repeat to fill the batch.")
+    tis_cap: float | None = Field(2.0, gt=0, description="Truncated importance sampling: weight each token's loss by min(pi_trainer / pi_engine, cap) against the rollout engine's log-prob mismatch (None disables).")
+    mismatch_mask: float | None = Field(None, gt=1, description="Leave out of the loss sequences whose length-normalised trainer/engine ratio is above this or below its inverse (None disables).")
     whiten_advantages: bool = Field(True, description="Normalise advantages over the batch (gae and rloo; grpo and reinforce_pp normalise their own).")
     critic_warmup_steps: int = Field(0, ge=0, description="Train only the critic for this many first steps.")
     grpo_scale: bool = Field(True, description="GRPO: divide by the group's standard deviation (False: Dr. GRPO's mean-only baseline).")
@@ -90,6 +112,10 @@ class PPOTrainConfig(Section):
 class PPOConfig(Section):
     """`align ppo`: RLHF with PPO (actor + critic) or a group baseline (GRPO, RLOO, REINFORCE++)."""
 
+    preset: Literal["dapo", "dr_grpo", "gspo"] | None = Field(
+        None, description="Defaults of a published recipe; any key set explicitly wins. dapo: grpo, clip 0.2/0.28, token loss, "
+                          "dynamic sampling, overlong penalty over the last quarter of sampling.max_tokens, no KL; dr_grpo: "
+                          "grpo without std scaling, constant-length loss; gspo: grpo with GSPO's sequence ratio, clip 3e-4/4e-4.")
     model: str = Field(..., description="Local Hugging Face causal-LM directory: the initial policy (actor).")
     reference: str | None = Field(None, description="Reference model for the KL term; None uses `model`.")
     critic: str | None = Field(None, description="Critic initialisation (a token-value head is added); None uses reward.model, else `model`.")
@@ -113,6 +139,26 @@ class PPOConfig(Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Ray cluster; ranks per model group.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Metrics and progress output.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """Fill in the preset's settings wherever the config leaves them unset."""
+        if not isinstance(data, dict) or not data.get("preset"):
+            return data
+        name = data["preset"]
+        if name not in PRESETS:
+            return data  # the field's own validation names the allowed presets
+        data = dict(data)
+        settings = {section: dict(values) for section, values in PRESETS[name].items()}
+        if name == "dapo":
+            sampling = data.get("sampling") if isinstance(data.get("sampling"), dict) else {}
+            settings["reward"] = {"overlong_buffer": max(1, int(sampling.get("max_tokens", 64)) // 4)}
+        for section, values in settings.items():
+            given = data.get(section, {})
+            if isinstance(given, dict):
+                data[section] = {**values, **given}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> PPOConfig:
         algo, n = self.algorithm, self.sampling.n
@@ -128,6 +174,15 @@ class PPOConfig(Section):
             raise ValueError("sampling.top_p must be 1 and sampling.top_k 0: the trainer recomputes log-probs of the full softmax")
         if self.sampling.temperature <= 0:
             raise ValueError("sampling.temperature must be > 0 (greedy rollouts give no policy gradient signal)")
+        if algo.importance_ratio == "sequence" and algo.advantage not in SEQUENCE_ESTIMATORS:
+            raise ValueError(f"algorithm.importance_ratio=sequence (GSPO) needs one advantage per sequence: "
+                             f"algorithm.advantage must be one of {', '.join(SEQUENCE_ESTIMATORS)} (got {algo.advantage})")
+        if algo.dynamic_sampling and algo.advantage not in GROUP_ESTIMATORS:
+            raise ValueError(f"algorithm.dynamic_sampling drops groups of equal rewards: algorithm.advantage must be one "
+                             f"of {', '.join(GROUP_ESTIMATORS)} (got {algo.advantage})")
+        buffer = self.reward.overlong_buffer
+        if buffer is not None and buffer > self.sampling.max_tokens:
+            raise ValueError(f"reward.overlong_buffer ({buffer}) must be at most sampling.max_tokens ({self.sampling.max_tokens})")
         if not self.reward.model and not self.reward.functions:
             raise ValueError("reward: set reward.model and/or reward.functions (something must score the responses)")
         seen = [role for group in self.colocate for role in group]

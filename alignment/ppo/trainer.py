@@ -18,12 +18,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from alignment.cluster.group import ActorGroup
+from alignment.data import columns_of
 from alignment.errors import AlignError
 from alignment.job import TrainingRun
 from alignment.ppo.batch import RolloutBatch, equal_shares
 from alignment.ppo.config import PPOConfig, Role
 from alignment.ppo.experience import compute_experience, explained_variance, logprob_mismatch
 from alignment.ppo.kl import AdaptiveKLController, FixedKLController
+from alignment.ppo.losses import mismatch_sequence_mask, truncated_is_weights
+from alignment.ppo.shaping import fill_groups, informative_groups, overlong_penalty
+from alignment.stats import pass_at_k
 
 if TYPE_CHECKING:
     from rollout.engine import RolloutEngines
@@ -109,6 +113,12 @@ def load_prompts(path: str, field: str, tokenizer, room: int, max_model_len: int
     return prompts, encode_prompts(tokenizer, prompts, max_model_len, room, lambda index: f"{row_location(path, index)}: prompt")
 
 
+def scoring_specs(config: PPOConfig) -> list[str]:
+    """Every reward function the job calls: those trained on, the gold judge and the verifier."""
+    reward = config.reward
+    return [*reward.functions, *[spec for spec in (reward.gold, reward.verifier) if spec]]
+
+
 def check_prompt_templates(config: PPOConfig) -> None:
     """Chat prompts need a chat template for the policy (and for the reward model, which reads the
     conversation): ``chat_template`` or the tokenizer's own; checked before any worker or engine starts."""
@@ -140,8 +150,14 @@ def check_ppo_inputs(config: PPOConfig) -> None:
         if path and not Path(path).exists():
             raise AlignError(f"prompt data {path} does not exist")
     check_prompt_templates(config)
-    for spec in [*config.reward.functions, *([config.reward.gold] if config.reward.gold else [])]:
+    from alignment.data import read_records, shared_columns
+    from reward.functions import check_columns
+
+    for spec in scoring_specs(config):
         load_reward_function(spec)
+        for path in (config.data.train, config.data.eval):
+            if path:
+                check_columns(spec, shared_columns(read_records(path)), f"the prompt rows of {path}")
 
 
 class PPOJob:
@@ -156,6 +172,7 @@ class PPOJob:
         self.output_dir, self.checkpoints, self.resume_from = self.run.output_dir, self.run.checkpoints, self.run.resume_from
         self.reward_functions = {spec: load_reward_function(spec) for spec in cfg.reward.functions}
         self.gold = load_reward_function(cfg.reward.gold) if cfg.reward.gold else None
+        self.verifier = load_reward_function(cfg.reward.verifier) if cfg.reward.verifier else None
         algo = cfg.algorithm
         self.batch_size = algo.prompts_per_step * cfg.sampling.n
         self.timer = self.run.timer
@@ -172,7 +189,7 @@ class PPOJob:
 
     def _start(self) -> None:
         from alignment.cluster.runtime import start_ray
-        from alignment.data import StepSampler
+        from alignment.data import StepSampler, read_records
         from rollout.engine import RolloutEngines
         from rollout.weight_broadcast import broadcast_backend
 
@@ -184,10 +201,12 @@ class PPOJob:
                                           chat_template=cfg.chat_template)
             room, limit = cfg.sampling.max_tokens, cfg.rollout.max_model_len
             self.prompts, self.prompt_ids = load_prompts(cfg.data.train, cfg.data.prompt_field, self.engines.tokenizer, room, limit)
-            self.eval_prompts, self.eval_ids = [], []
+            self.rows = read_records(cfg.data.train)
+            self.eval_prompts, self.eval_ids, self.eval_rows = [], [], []
             if cfg.data.eval:
                 prompts, ids = load_prompts(cfg.data.eval, cfg.data.prompt_field, self.engines.tokenizer, room, limit)
                 self.eval_prompts, self.eval_ids = prompts[: cfg.data.max_eval_prompts], ids[: cfg.data.max_eval_prompts]
+                self.eval_rows = read_records(cfg.data.eval)[: cfg.data.max_eval_prompts]
             self.sampler = StepSampler(len(self.prompts), algo.prompts_per_step, cfg.train.seed, cfg.data.shuffle)
             updates_per_step = algo.ppo_epochs * self.batch_size // algo.mini_batch_size
             self.models = PPOModels(cfg, cfg.train.max_steps * updates_per_step)  # while the engines start
@@ -198,77 +217,150 @@ class PPOJob:
 
     # ---- the four phases ---------------------------------------------------------------------
 
-    def rollout(self, step: int) -> RolloutBatch:
-        cfg = self.config
+    def rollout(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
+        """Sample and score this step's prompts. With dynamic sampling, groups whose scores are all equal
+        are dropped and more prompts are sampled (at most ``max_sampling_rounds`` extra rounds) until
+        ``prompts_per_step`` groups are kept; short of that, kept groups repeat to fill the batch."""
+        cfg, algo, n = self.config, self.config.algorithm, self.config.sampling.n
         indices = self.sampler.indices(step - 1)
-        sampling = cfg.sampling.model_copy(update={"seed": cfg.train.seed * 100_003 + step, "logprobs": True})
+        batch, parts = self.sample(indices, cfg.train.seed * 100_003 + step)
+        metrics = self.score_metrics(batch, parts)
+        if not algo.dynamic_sampling:
+            return batch, metrics
+        wanted, used = algo.prompts_per_step, set(indices)
+        kept = [batch.select(range(g * n, (g + 1) * n), trim=False)
+                for g in informative_groups(batch.scores, n).nonzero().flatten().tolist()]
+        generated, rounds = len(indices), 0
+        while len(kept) < wanted and rounds < algo.max_sampling_rounds:
+            rounds += 1
+            extra = self.extra_prompts(step, rounds, used, wanted)
+            used.update(extra)
+            more, _ = self.sample(extra, cfg.train.seed * 100_003 + step + 7_777 * rounds)
+            generated += len(extra)
+            kept += [more.select(range(g * n, (g + 1) * n), trim=False)
+                     for g in informative_groups(more.scores, n).nonzero().flatten().tolist()]
+        order = fill_groups(list(range(len(kept))), wanted)
+        metrics.update({"dynamic/kept_groups": float(min(len(kept), wanted)), "dynamic/extra_rounds": float(rounds),
+                        "dynamic/prompts_sampled": float(generated),
+                        "dynamic/repeated_groups": float(max(0, wanted - len(kept)) if kept else 0)})
+        if not kept:
+            return batch.select([], trim=False), metrics
+        return join_batches([kept[i] for i in order], self.engines.tokenizer.pad_token_id), metrics
+
+    def extra_prompts(self, step: int, round_: int, used: set[int], count: int) -> list[int]:
+        """``count`` training prompts not yet sampled this step, drawn from a seed of (seed, step, round)
+        so a resumed run draws the same ones."""
+        import numpy as np
+
+        free = np.array([i for i in range(len(self.prompts)) if i not in used] or list(range(len(self.prompts))))
+        rng = np.random.default_rng([self.config.train.seed, step, round_])
+        return rng.choice(free, size=min(count, len(free)), replace=False).tolist()
+
+    def sample(self, indices: list[int], seed: int) -> tuple[RolloutBatch, dict[str, torch.Tensor]]:
+        """The rollout batch of ``sampling.n`` responses to each training prompt at ``indices``, scored."""
+        cfg = self.config
+        sampling = cfg.sampling.model_copy(update={"seed": seed, "logprobs": True})
         generations = self.engines.generate([self.prompt_ids[i] for i in indices], sampling)
         eos = self.engines.tokenizer.eos_token_id
-        prompts = [indices[g.prompt_index] for g in generations]
+        rows = [indices[g.prompt_index] for g in generations]
         empty = [not g.token_ids for g in generations]  # an empty response is scored as its EOS alone
-        return RolloutBatch.from_samples(
-            prompt_ids=[self.prompt_ids[i] for i in prompts],
+        batch = RolloutBatch.from_samples(
+            prompt_ids=[self.prompt_ids[i] for i in rows],
             response_ids=[[eos] if e else g.token_ids for g, e in zip(generations, empty)],
             rollout_logprobs=[[0.0] if e else g.logprobs for g, e in zip(generations, empty)],
             finished=[g.finish_reason == "stop" for g in generations],
             pad_id=self.engines.tokenizer.pad_token_id,
-            prompts=[self.prompts[i] for i in prompts],
+            prompts=[self.prompts[i] for i in rows],
             texts=[g.text for g in generations],
+            rows=rows,
         )
+        batch.scores, parts = self.scores(batch.prompts, batch.texts, self.rows, rows, batch.response_lengths,
+                                          batch.finished)
+        return batch, parts
 
-    def scores(self, prompts: list, texts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The summed score of each response (reward model + reward functions) and each part."""
+    def scores(self, prompts: list, texts: list[str], rows: list[dict], indices: list[int],
+               lengths: torch.Tensor, finished: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The reward of each response and its parts: reward model + reward functions (reading the columns
+        of each prompt's data row), then the missing-EOS and overlong penalties, then the clip."""
         cfg = self.config.reward
+        columns = columns_of(rows, indices)
         parts: dict[str, torch.Tensor] = {}
         if cfg.model:
             parts["model"] = self.models.score(prompts, texts)
         for spec, function in self.reward_functions.items():
-            parts[spec] = torch.tensor(function(prompts, texts), dtype=torch.float32)
-        return torch.stack(list(parts.values())).sum(dim=0), parts
+            parts[spec] = torch.tensor(function(prompts, texts, columns), dtype=torch.float32)
+        scores = torch.stack(list(parts.values())).sum(dim=0)
+        if cfg.missing_eos_penalty is not None:
+            scores = scores - cfg.missing_eos_penalty * (~finished).float()
+        if cfg.overlong_buffer is not None:
+            parts["overlong"] = overlong_penalty(lengths, self.config.sampling.max_tokens, cfg.overlong_buffer,
+                                                 cfg.overlong_factor)
+            scores = scores + parts["overlong"]
+        if cfg.clip is not None:
+            scores = scores.clamp(-cfg.clip, cfg.clip)
+        return scores, parts
+
+    def score_metrics(self, batch: RolloutBatch, parts: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Reward statistics of the step's first sampling round (the policy as it is, before any filtering)."""
+        scores = batch.scores
+        metrics = {
+            "reward/score": float(scores.mean()),
+            "reward/score_std": float(scores.std()) if len(scores) > 1 else 0.0,
+            **{f"reward/{name}": float(v.mean()) for name, v in parts.items()},
+            "response/length": float(batch.response_lengths.float().mean()),
+            "response/eos_fraction": float(batch.finished.float().mean()),
+        }
+        columns = columns_of(self.rows, batch.rows)
+        for name, judge in (("gold", self.gold), ("accuracy", self.verifier)):
+            if judge is not None:
+                values = judge(batch.prompts, batch.texts, columns)
+                metrics[f"reward/{name}"] = sum(values) / len(values)
+        self._log_samples(batch, scores, parts)
+        return metrics
 
     def experience(self, batch: RolloutBatch) -> tuple[RolloutBatch, dict[str, float]]:
-        """Fill in the batch's training targets (old log-probs, advantages, values and returns)."""
+        """Fill in the batch's training targets (old log-probs, advantages, values and returns) and the
+        loss weights against the engine/trainer mismatch."""
         cfg = self.config
-        roles = cfg.roles
+        algo, roles = cfg.algorithm, cfg.roles
         mask = batch.response_mask
         logprobs = self.models.forward("actor", batch)
         ref_logprobs = self.models.forward("reference", batch) if "reference" in roles else None
         values = self.models.forward("critic", batch) if "critic" in roles else None
-        scores, parts = self.scores(batch.prompts, batch.texts)
-        finished = batch.finished.float()
-        if cfg.reward.missing_eos_penalty is not None:
-            scores = scores - cfg.reward.missing_eos_penalty * (1.0 - finished)
-        if cfg.reward.clip is not None:
-            scores = scores.clamp(-cfg.reward.clip, cfg.reward.clip)
-        exp = compute_experience(cfg.algorithm, cfg.kl, self.kl.value, scores, logprobs, mask, ref_logprobs, values,
+        exp = compute_experience(algo, cfg.kl, self.kl.value, batch.scores, logprobs, mask, ref_logprobs, values,
                                  cfg.sampling.n)
         batch.old_logprobs, batch.advantages = logprobs, exp.advantages * mask
         if values is not None:
             batch.old_values, batch.returns = values, exp.returns * mask
         if cfg.kl_in_loss:
             batch.ref_logprobs = ref_logprobs
+        metrics = {"rollout/mismatch": logprob_mismatch(logprobs, batch.rollout_logprobs, mask)}
+        keep = torch.ones(len(batch))
+        if cfg.reward.mask_truncated:
+            keep = keep * batch.finished.float()
+        if algo.mismatch_mask is not None:
+            matched = mismatch_sequence_mask(logprobs, batch.rollout_logprobs, mask, algo.mismatch_mask)
+            metrics["mismatch/masked_fraction"] = float(1.0 - matched.mean())
+            keep = keep * matched
+        batch.loss_mask = batch.loss_mask * keep[:, None]
+        if algo.tis_cap is not None:
+            batch.is_weights, capped = truncated_is_weights(logprobs, batch.rollout_logprobs, mask, algo.tis_cap)
+            metrics["mismatch/capped_fraction"] = float((capped * mask).sum() / mask.sum())
         lengths = mask.sum(dim=1)
         sequence_kl = (((logprobs - ref_logprobs) * mask).sum(dim=1) if ref_logprobs is not None
                        else torch.zeros(len(batch)))
-        metrics = {
-            "reward/score": float(scores.mean()),
-            "reward/score_std": float(scores.std()) if len(scores) > 1 else 0.0,
-            **{f"reward/{name}": float(v.mean()) for name, v in parts.items()},
+        metrics.update({
             "kl/sequence": float(sequence_kl.mean()),
             "kl/token_estimate": float((exp.kl * mask).sum() / mask.sum()),
             "kl/coef": self.kl.value,
-            "response/length": float(lengths.mean()),
-            "response/eos_fraction": float(finished.mean()),
-            "rollout/mismatch": logprob_mismatch(logprobs, batch.rollout_logprobs, mask),
             "advantages/mean": float((exp.advantages * mask).sum() / mask.sum()),
-        }
-        if self.gold is not None:
-            metrics["reward/gold"] = sum(gold := self.gold(batch.prompts, batch.texts)) / len(gold)
+            "train/response_length": float(lengths.mean()),
+            "train/loss_fraction": float(batch.loss_mask.sum() / mask.sum()),
+        })
         if values is not None:
             metrics["critic/explained_variance"] = explained_variance(values, exp.returns, mask)
             metrics["critic/returns"] = float((exp.returns * mask).sum() / mask.sum())
         self.kl.update(float(sequence_kl.mean()), len(batch))
-        self._log_samples(batch, scores, parts)
         return batch, metrics
 
     def train(self, step: int, batch: RolloutBatch) -> dict[str, float]:
@@ -291,15 +383,31 @@ class PPOJob:
     # ---- evaluation, checkpoints, samples ----------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
+        """Held-out prompts: ``train.eval_samples`` samples each at the rollout temperature (score, gold,
+        and with a verifier accuracy = mean@n, pass@k for k = 1, 2, 4, ... <= n) and one greedy sample
+        each (greedy accuracy)."""
         cfg = self.config
-        sampling = cfg.sampling.model_copy(update={"n": cfg.train.eval_samples, "seed": cfg.train.seed + 7919})
+        n = cfg.train.eval_samples
+        sampling = cfg.sampling.model_copy(update={"n": n, "seed": cfg.train.seed + 7919})
         generations = self.engines.generate(self.eval_ids, sampling)
         prompts = [self.eval_prompts[g.prompt_index] for g in generations]
         texts = [g.text for g in generations]
+        indices = [g.prompt_index for g in generations]
+        lengths = torch.tensor([max(1, len(g.token_ids)) for g in generations])
+        finished = torch.tensor([g.finish_reason == "stop" for g in generations])
         metrics = {"eval/length": sum(len(g.token_ids) for g in generations) / len(generations)}
+        scores, _ = self.scores(prompts, texts, self.eval_rows, indices, lengths, finished)
+        metrics["eval/score"] = float(scores.mean())
+        columns = columns_of(self.eval_rows, indices)
         if self.gold is not None:
-            metrics["eval/gold"] = sum(gold := self.gold(prompts, texts)) / len(gold)
-        metrics["eval/score"] = float(self.scores(prompts, texts)[0].mean())
+            metrics["eval/gold"] = sum(gold := self.gold(prompts, texts, columns)) / len(gold)
+        if self.verifier is not None:
+            metrics.update(verifier_metrics(self.verifier(prompts, texts, columns), indices, n))
+            greedy = self.engines.generate(self.eval_ids, cfg.sampling.model_copy(update={"n": 1, "temperature": 0.0}))
+            order = [g.prompt_index for g in greedy]
+            correct = self.verifier([self.eval_prompts[i] for i in order], [g.text for g in greedy],
+                                    columns_of(self.eval_rows, order))
+            metrics["eval/greedy_accuracy"] = sum(correct) / len(correct)
         return metrics
 
     def write_checkpoint(self, staging: Path) -> dict[str, Any]:
@@ -330,6 +438,33 @@ class PPOJob:
             self.models.shutdown()
         if self.engines is not None:
             self.engines.shutdown()
+
+
+def join_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """One batch of the samples of ``batches`` in order (re-padded to the longest), keeping their scores."""
+    samples = [(b, i) for b in batches for i in range(len(b))]
+    joined = RolloutBatch.from_samples(
+        prompt_ids=[b.input_ids[i, : int(b.prompt_lengths[i])].tolist() for b, i in samples],
+        response_ids=[b.input_ids[i, int(b.prompt_lengths[i]) : int(b.lengths[i])].tolist() for b, i in samples],
+        rollout_logprobs=[b.rollout_logprobs[i, : int(b.response_lengths[i])].tolist() for b, i in samples],
+        finished=[bool(b.finished[i]) for b, i in samples], pad_id=pad_id,
+        prompts=[b.prompts[i] for b, i in samples], texts=[b.texts[i] for b, i in samples],
+        rows=[b.rows[i] for b, i in samples])
+    joined.scores = torch.cat([b.scores for b in batches])
+    return joined
+
+
+def verifier_metrics(correct: list[float], prompt_indices: list[int], n: int) -> dict[str, float]:
+    """Held-out accuracy (mean@n: the mean 0/1 verdict over all samples) and unbiased pass@k for
+    k = 1, 2, 4, ... <= n, averaged over prompts (:func:`alignment.stats.pass_at_k`)."""
+    per_prompt: dict[int, list[float]] = {}
+    for index, value in zip(prompt_indices, correct):
+        per_prompt.setdefault(index, []).append(value)
+    metrics = {"eval/accuracy": sum(correct) / len(correct)}
+    for k in [2**i for i in range(n.bit_length()) if 2**i <= n]:
+        values = [pass_at_k(len(v), sum(x >= 1.0 for x in v), k) for v in per_prompt.values()]
+        metrics[f"eval/pass@{k}"] = sum(values) / len(values)
+    return metrics
 
 
 def reduce_train_metrics(results: list[dict[str, float]], prefix: str) -> dict[str, float]:
@@ -371,20 +506,22 @@ def run_ppo(config: PPOConfig, resume: bool = False) -> Path:
 
         def step(number: int) -> dict[str, Any]:
             with timer.phase("generate"):
-                batch = job.rollout(number)
-            tokens_per_s = job.engines.last_stats["tokens_per_s"]
+                batch, metrics = job.rollout(number)
+            metrics["rollout/tokens_per_s"] = job.engines.last_stats["tokens_per_s"]
+            if not len(batch):  # dynamic sampling found no group with a signal: nothing to train on
+                return metrics
             with timer.phase("experience"):
-                batch, metrics = job.experience(batch)
+                batch, more = job.experience(batch)
+            metrics.update(more)
             with timer.phase("train"):
                 metrics.update(job.train(number, batch))
             with timer.phase("sync"):
                 metrics.update(job.sync())
-            metrics["rollout/tokens_per_s"] = tokens_per_s
             return metrics
 
         final = run.loop(start_step, cfg.train.max_steps, step, job.write_checkpoint,
                          evaluate=job.evaluate if job.eval_prompts else None, finite=("policy/loss", "critic/loss"),
-                         postfix=lambda m: {"score": f"{m['reward/score']:.3f}", "kl": f"{m['kl/sequence']:.3f}"},
+                         postfix=lambda m: {"score": f"{m['reward/score']:.3f}", "kl": f"{m.get('kl/sequence', 0.0):.3f}"},
                          after_log=job.write_samples, samples_per_step=job.batch_size, desc="ppo")
         print(f"final policy: {final}\nmetrics: {tracker.path}\nsamples: {job.samples_log}\n"
               f"TensorBoard: tensorboard --logdir {job.output_dir}")

@@ -23,7 +23,7 @@ from alignment.models import load_causal_lm, load_tokenizer
 from alignment.ppo.batch import RolloutBatch
 from alignment.ppo.config import PPOConfig, Role
 from alignment.ppo.kl import kl_estimate
-from alignment.ppo.losses import aggregate, policy_loss, value_loss
+from alignment.ppo.losses import aggregate, loss_units, policy_loss, sequence_ratio_loss, value_loss
 from alignment.strategy import DeepSpeedStrategy
 from alignment.trainer import optimizer_step
 from rollout.weight_broadcast import BroadcastSender
@@ -164,7 +164,7 @@ class PPOWorker(BroadcastSender, DistributedWorker):
                           length_chunks([lengths[i] for i in minibatch], self.micro)]
                 result = optimizer_step(
                     strategy, chunks, lambda chunk: loss(chunk.to(strategy.device), mode, kl_coef),
-                    lambda chunk: float(len(chunk)) if mode == "sequence" else float(chunk.loss_mask.sum()),
+                    lambda chunk: loss_units(chunk.loss_mask, mode, self.config.sampling.max_tokens),
                 )
                 for key, value in result.items():
                     totals[key] = value if key in ("grad_norm", "lr") else totals.get(key, 0.0) + value
@@ -177,12 +177,18 @@ class PPOWorker(BroadcastSender, DistributedWorker):
         logprobs, entropy = response_logprobs(self.models["actor"].engine, batch, self.config.sampling.temperature,
                                               "grad" if cfg.entropy_coef else "metric")
         old = batch.old_logprobs
-        token_loss, clipped, ratio = policy_loss(logprobs, old, batch.advantages, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
+        if cfg.importance_ratio == "sequence":
+            token_loss, clipped, ratio = sequence_ratio_loss(logprobs, old, batch.advantages, mask, cfg.clip_low, cfg.clip_high)
+        else:
+            token_loss, clipped, ratio = policy_loss(logprobs, old, batch.advantages, cfg.clip_low, cfg.clip_high,
+                                                     cfg.dual_clip)
+        if batch.is_weights is not None:  # truncated importance sampling against the engine's log-probs
+            token_loss = token_loss * batch.is_weights
         if cfg.entropy_coef:
             token_loss = token_loss - cfg.entropy_coef * entropy
         if self.config.kl_in_loss:
             token_loss = token_loss + kl_coef * kl_estimate(logprobs, batch.ref_logprobs, self.config.kl.estimator)
-        loss_sum, units = aggregate(token_loss, mask, mode)
+        loss_sum, units = aggregate(token_loss, mask, mode, self.config.sampling.max_tokens)
         log_ratio = (logprobs - old).detach()
         metrics = {
             "tokens": float(mask.sum()),
