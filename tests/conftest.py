@@ -30,6 +30,14 @@ def tiny_task() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_reasoning() -> Path:
+    """The tiny reasoning task at its default settings (built once, then reused from $ALIGN_HOME/tiny-reasoning)."""
+    from alignment.tiny.build import TinyReasoningConfig, build_tiny
+
+    return build_tiny(TinyReasoningConfig())
+
+
+@pytest.fixture(scope="session")
 def tiny_prefs(tiny_task) -> Path:
     """The tiny task's simulated rankings and pairs (`align tiny prefs`)."""
     from alignment.tiny.prefs import TinyPrefsConfig, build_prefs

@@ -6,15 +6,19 @@ import argparse
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("tiny", help="Build the bundled tiny task (movie reviews, tokenizer, base model)",
+    parser = subparsers.add_parser("tiny", help="Build the bundled tiny tasks (movie reviews or arithmetic: data, tokenizer, base model)",
                                    description="The bundled tiny task used by the demo and the tests.")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    build = actions.add_parser("build", help="build (or reuse) the tiny task")
-    build.add_argument("--out", help="output directory (default $ALIGN_HOME/tiny)")
-    build.add_argument("--force", action="store_true", help="rebuild even if a matching build exists")
-    build.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
-    build.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. steps=300 (see --print-config)")
-    build.set_defaults(func=run_build)
+    for task, name, help_text, default in (
+            ("reviews", "build", "build (or reuse) the tiny task", "tiny"),
+            ("reasoning", "reasoning", "build (or reuse) the tiny reasoning task (arithmetic with exact answers)",
+             "tiny-reasoning")):
+        build = actions.add_parser(name, help=help_text)
+        build.add_argument("--out", help=f"output directory (default $ALIGN_HOME/{default})")
+        build.add_argument("--force", action="store_true", help="rebuild even if a matching build exists")
+        build.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
+        build.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. steps=300 (see --print-config)")
+        build.set_defaults(func=run_build, task=task)
     prefs = actions.add_parser("prefs", help="sample, judge and rank preference data from the tiny base model")
     prefs.add_argument("--force", action="store_true", help="rebuild even if matching data exists")
     prefs.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
@@ -24,10 +28,10 @@ def register(subparsers) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     from alignment.config import dump_config, load_config
-    from alignment.tiny.build import TinyBuildConfig, build_tiny
+    from alignment.tiny.build import TinyBuildConfig, TinyReasoningConfig, build_tiny
 
     overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
-    config = load_config(TinyBuildConfig, None, overrides)
+    config = load_config(TinyReasoningConfig if args.task == "reasoning" else TinyBuildConfig, None, overrides)
     if args.print_config:
         print(dump_config(config), end="")
         return 0

@@ -11,6 +11,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -42,9 +43,41 @@ class TinyBuildConfig(Section):
         """Changes with any setting or with the code that generates the task."""
         settings = json.dumps(self.model_dump(mode="json", exclude={"out", "cluster"}), sort_keys=True)
         digest = hashlib.sha256(settings.encode())
-        for source in ("corpus.py", "tokenizer.py", "build.py"):
+        for source in ("corpus.py", "tokenizer.py", "build.py", *self.sources):
             digest.update((Path(__file__).parent / source).read_bytes())
         return digest.hexdigest()[:16]
+
+    sources: ClassVar[tuple[str, ...]] = ()
+    split_digits: ClassVar[bool] = False
+
+
+class TinyReasoningConfig(TinyBuildConfig):
+    """The tiny reasoning task: multi-step arithmetic with exact answers (defaults: about 5 minutes on 2 cores).
+
+    The base model learns from worked solutions of ``sft_steps``-operation problems; RL prompts and
+    held-out problems have ``rl_steps`` / ``eval_steps`` operations; no held-out question occurs in
+    any training split.
+    """
+
+    out: str | None = Field(None, description="Output directory; None is $ALIGN_HOME/tiny-reasoning.")
+    sft_rows: int = Field(8000, ge=64, description="Worked solutions for SFT.")
+    eval_rows: int = Field(256, ge=8, description="Held-out worked solutions (SFT eval loss).")
+    rl_rows: int = Field(2000, ge=8, description="RL training prompts (with answers).")
+    eval_prompts: int = Field(200, ge=8, description="Held-out RL prompts (with answers), none seen in any training split.")
+    sft_steps: list[int] = Field([1, 2, 3], min_length=1, description="Operations per SFT problem (drawn uniformly).")
+    rl_steps: list[int] = Field([2, 3], min_length=1, description="Operations per RL training prompt.")
+    eval_steps: list[int] = Field([2, 3], min_length=1, description="Operations per held-out prompt.")
+    operand_max: int = Field(25, ge=2, description="Operands are drawn from 1..operand_max.")
+    value_max: int = Field(60, ge=2, description="Every running value stays in 0..value_max.")
+    vocab_size: int = Field(384, ge=300, description="BPE vocabulary size (digits are single tokens).")
+    max_positions: int = Field(128, ge=64, description="Context length of the model.")
+    steps: int = Field(800, ge=1, description="SFT optimizer steps (few enough that the base is often wrong: ~28% held-out).")
+
+    sources: ClassVar[tuple[str, ...]] = ("arithmetic.py",)
+    split_digits: ClassVar[bool] = True
+
+    def output_path(self) -> Path:
+        return Path(self.out).expanduser() if self.out else align_home() / "tiny-reasoning"
 
 
 def build_tiny(config: TinyBuildConfig, force: bool = False) -> Path:
@@ -91,6 +124,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def _write_data(config: TinyBuildConfig, data_dir: Path) -> None:
+    if isinstance(config, TinyReasoningConfig):
+        _write_reasoning_data(config, data_dir)
+        return
     from alignment.tiny.corpus import make_prompt_rows, make_sft_rows, split_titles
 
     train_titles, eval_titles = split_titles(config.seed)
@@ -100,13 +136,29 @@ def _write_data(config: TinyBuildConfig, data_dir: Path) -> None:
     _write_jsonl(data_dir / "prompts_eval.jsonl", make_prompt_rows(config.seed + 3, eval_titles))
 
 
+def _write_reasoning_data(config: TinyReasoningConfig, data_dir: Path) -> None:
+    """SFT solutions, RL prompts and held-out prompts; held-out expressions occur in no other split."""
+    from alignment.tiny.arithmetic import make_rows, prompt_row, sft_row
+
+    ranges = {"operand_max": config.operand_max, "value_max": config.value_max}
+    held_out = make_rows(config.seed + 3, config.eval_prompts, config.eval_steps, **ranges)
+    unseen = {row["expression"] for row in held_out}
+    sft_eval = make_rows(config.seed + 1, config.eval_rows, config.sft_steps, unseen, **ranges)
+    sft = make_rows(config.seed, config.sft_rows, config.sft_steps, unseen, **ranges)
+    rl = make_rows(config.seed + 2, config.rl_rows, config.rl_steps, unseen, **ranges)
+    _write_jsonl(data_dir / "sft_train.jsonl", [sft_row(r) for r in sft])
+    _write_jsonl(data_dir / "sft_eval.jsonl", [sft_row(r) for r in sft_eval])
+    _write_jsonl(data_dir / "prompts_train.jsonl", [prompt_row(r) for r in rl])
+    _write_jsonl(data_dir / "prompts_eval.jsonl", [prompt_row(r) for r in held_out])
+
+
 def _train_tokenizer(config: TinyBuildConfig, staging: Path):
     from alignment.tiny.tokenizer import train_tokenizer
 
     texts = []
     for line in (staging / "data" / "sft_train.jsonl").read_text().splitlines():
         texts.extend(message["content"] for message in json.loads(line)["messages"])
-    return train_tokenizer(texts, config.vocab_size, staging / "tokenizer")
+    return train_tokenizer(texts, config.vocab_size, staging / "tokenizer", split_digits=config.split_digits)
 
 
 def _init_model(config: TinyBuildConfig, tokenizer, out_dir: Path) -> None:

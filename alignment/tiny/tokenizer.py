@@ -12,13 +12,18 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path):
-    """Train byte-level BPE on ``texts``; save a transformers fast tokenizer to ``out_dir``."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path, split_digits: bool = False):
+    """Train byte-level BPE on ``texts``; save a transformers fast tokenizer to ``out_dir``.
+
+    ``split_digits`` makes every digit its own token (numbers are read and written digit by digit).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                               if split_digits else byte_level)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
