@@ -2,8 +2,8 @@
 
 Phases, each timed: check every input (before any engine starts) -> generate with the rollout engine
 (``align generate``'s code: one engine per checkpoint, one checkpoint after another) -> score (gold
-judge, reward functions, reward models) -> KL to the reference (a transformers fp32 forward of both
-models over the sampled tokens) -> statistics and win rates with bootstrap CIs -> ``generations.jsonl``,
+judge, verifier, reward functions, reward models) -> KL to the reference (a transformers fp32 forward of
+both models over the sampled tokens) -> statistics, win rates and pass@k with bootstrap CIs -> ``generations.jsonl``,
 ``metrics.json`` and a self-contained ``report.html`` in ``output``.
 """
 
@@ -22,8 +22,9 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from alignment.config import CHAT_TEMPLATE_HELP, ClusterConfig, Section
+from alignment.data import columns_of, read_records, shared_columns
 from alignment.errors import AlignError
-from alignment.stats import bootstrap_ci
+from alignment.stats import bootstrap_ci, pass_at_k
 from rollout.config import RolloutConfig, SamplingConfig
 
 log = logging.getLogger("align.compare")
@@ -54,6 +55,8 @@ class CompareConfig(Section):
     chat_template: str | None = Field(None, description=CHAT_TEMPLATE_HELP + " Reward models keep their own template; this one fills in where they have none.")
     max_prompts: int | None = Field(None, ge=1, description="Use only the first N prompts.")
     gold: str | None = Field(None, description="Gold judge, a reward function as package.module:function (score name `gold`).")
+    verifier: str | None = Field(None, description="Correctness check, a reward function scoring 1 for a correct response and 0 otherwise "
+                                 "(e.g. `math_answer`; score name `verifier`): adds pass@k and mean@n to the report.")
     reward_functions: list[str] = Field(default_factory=list, description="Reward functions (package.module:function) scoring response texts.")
     reward_models: list[str] = Field(default_factory=list, description="Reward model directories saved by `align rm`.")
     output: str = Field(..., description="Directory for generations.jsonl, metrics.json and report.html.")
@@ -82,9 +85,9 @@ class Scorer:
     """One score: its name in every output, its kind, where it comes from, and how to compute it."""
 
     name: str
-    kind: str  # gold | reward_function | reward_model
+    kind: str  # gold | verifier | reward_function | reward_model
     source: str
-    score: Callable[[Sequence[Any], Sequence[str]], Sequence[float]]
+    score: Callable[..., Sequence[float]]  # (prompts, responses, columns) -> one float per response
 
 
 def short_names(paths: Sequence[str]) -> list[str]:
@@ -127,15 +130,18 @@ def check_same_vocabulary(reference: str, checkpoints: Sequence[str]) -> None:
                              "the KL needs the same tokenizer (choose another reference)")
 
 
-def build_scorers(config: CompareConfig) -> list[Scorer]:
-    """Import every reward function and check every reward model now; models load when scoring starts."""
-    from reward.functions import load_reward_function
+def build_scorers(config: CompareConfig, columns: Sequence[str] = ()) -> list[Scorer]:
+    """Import every reward function (checking that the prompt rows have the ``columns`` it reads) and
+    check every reward model now; models load when scoring starts."""
+    from reward.functions import check_columns, load_reward_function
 
     scorers = []
-    functions = ([("gold", "gold", config.gold)] if config.gold else []) + [
-        (f"fn:{spec.replace(':', '.').rsplit('.', 1)[-1]}", "reward_function", spec) for spec in config.reward_functions]
+    functions = [(name, name, spec) for name, spec in (("gold", config.gold), ("verifier", config.verifier)) if spec]
+    functions += [(f"fn:{spec.replace(':', '.').rsplit('.', 1)[-1]}", "reward_function", spec)
+                  for spec in config.reward_functions]
     for name, kind, spec in functions:
         scorers.append(Scorer(name, kind, spec, load_reward_function(spec)))
+        check_columns(spec, columns, f"the prompt rows of {config.prompts}")
     for path, name in zip(config.reward_models, short_names(config.reward_models)):
         check_model(path, "reward model")
         scorers.append(Scorer(f"rm:{name}", "reward_model", path,
@@ -148,7 +154,7 @@ def build_scorers(config: CompareConfig) -> list[Scorer]:
 
 def _reward_model_scorer(path: str, batch_size: int,
                          chat_template: str | None = None) -> Callable[[Sequence[Any], Sequence[str]], list[float]]:
-    def score(prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
+    def score(prompts: Sequence[Any], responses: Sequence[str], columns: Any = None) -> list[float]:
         from reward.model import RewardScorer
 
         return RewardScorer(path, batch_size=batch_size, chat_template=chat_template).score(prompts, responses)
@@ -186,8 +192,9 @@ def run_compare(config: CompareConfig) -> Path:
             check_model(checkpoint, "checkpoint")
         check_model(reference, "reference")
         check_same_vocabulary(reference, config.checkpoints)
-        scorers = build_scorers(config)
         prompts = generate_config.read_prompts()
+        rows = read_records(config.prompts)[: len(prompts)]
+        scorers = build_scorers(config, shared_columns(rows))
         check_compare_templates(prompts, config)
     open_job_log(config.output)  # after the checks: bad input leaves no output directory behind
     log.info("compare: %d checkpoints x %d prompts x %d samples; scores %s; KL against %s",
@@ -196,11 +203,12 @@ def run_compare(config: CompareConfig) -> Path:
     with timer.phase("generate"):
         records, speeds = generate_records(generate_config, names)
     with timer.phase("score"):
-        score_records(records, scorers)
+        score_records(records, scorers, rows)
     with timer.phase("kl"):
         add_kl(records, config, names, reference)
     with timer.phase("statistics"):
-        metrics = compute_metrics(records, names, [s.name for s in scorers], config.bootstrap)
+        metrics = compute_metrics(records, names, [s.name for s in scorers], config.bootstrap,
+                                  "verifier" if config.verifier else None)
     metrics["checkpoints"] = {name: {"path": path, "tokens_per_s": speeds[path], **metrics["checkpoints"][name]}
                               for name, path in zip(names, config.checkpoints)}
     metrics["scores"] = {s.name: {"kind": s.kind, "source": s.source} for s in scorers}
@@ -233,18 +241,22 @@ def generate_records(config: Any, names: Sequence[str]) -> tuple[list[dict[str, 
     return records, speeds
 
 
-def score_records(records: list[dict[str, Any]], scorers: Sequence[Scorer]) -> None:
-    """Every score of every sample, in place; AlignError naming a scorer that returns the wrong count or non-numbers."""
+def score_records(records: list[dict[str, Any]], scorers: Sequence[Scorer], rows: Sequence[dict[str, Any]] = ()) -> None:
+    """Every score of every sample, in place; reward functions read the columns of each sample's prompt row.
+    AlignError naming a scorer that returns the wrong count or non-numbers, or a verifier outside [0, 1]."""
     prompts = [r["prompt"] for r in records]
     responses = [r["response"] for r in records]
+    columns = columns_of(rows, [r["prompt_index"] for r in records]) if rows else {}
     for scorer in scorers:
         started = time.perf_counter()
-        values = list(scorer.score(prompts, responses))
+        values = list(scorer.score(prompts, responses, columns))
         if len(values) != len(records):
             raise AlignError(f"{scorer.kind} {scorer.source} returned {len(values)} scores for {len(records)} responses")
         for record, value in zip(records, values):
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise AlignError(f"{scorer.kind} {scorer.source} returned {value!r}, not a finite number")
+            if scorer.kind == "verifier" and not 0 <= value <= 1:
+                raise AlignError(f"verifier {scorer.source} returned {value!r}: a verifier scores in [0, 1]")
             record["scores"][scorer.name] = float(value)
         log.info("compare: scored %d samples with %s in %.1f s", len(records), scorer.name, time.perf_counter() - started)
 
@@ -305,10 +317,28 @@ def per_prompt_table(records: Sequence[dict[str, Any]], checkpoint: str, value: 
 
 def summarize(table: np.ndarray, bootstrap: BootstrapConfig) -> dict[str, float]:
     """Mean and (population) standard deviation over all samples, and the bootstrap CI of the mean over prompts."""
-    prompt_means = table.mean(axis=1)
-    low, high = bootstrap_ci(len(prompt_means), lambda idx: float(prompt_means[idx].mean()),
+    return {"mean": float(table.mean()), "std": float(table.std()), **mean_interval(table.mean(axis=1), bootstrap)}
+
+
+def mean_interval(per_prompt: np.ndarray, bootstrap: BootstrapConfig) -> dict[str, float]:
+    """The bootstrap CI over prompts of the mean of one value per prompt."""
+    low, high = bootstrap_ci(len(per_prompt), lambda idx: float(per_prompt[idx].mean()),
                              bootstrap.resamples, bootstrap.confidence, bootstrap.seed)
-    return {"mean": float(table.mean()), "std": float(table.std()), "ci_low": low, "ci_high": high}
+    return {"ci_low": low, "ci_high": high}
+
+
+def pass_at_k_metrics(table: np.ndarray, bootstrap: BootstrapConfig) -> dict[str, dict[str, float]]:
+    """pass@k for k = 1, 2, 4, ..., n (and n) from a (prompts, n) table of verifier scores (a sample is
+    correct when it scores 1): per prompt the unbiased estimate of :func:`alignment.stats.pass_at_k`,
+    then the mean over prompts with its bootstrap CI."""
+    n = table.shape[1]
+    correct = (table >= 1.0).sum(axis=1)
+    ks = sorted({2**i for i in range(n.bit_length())} | {n})
+    result = {}
+    for k in ks:
+        per_prompt = np.array([pass_at_k(n, int(c), k) for c in correct])
+        result[str(k)] = {"mean": float(per_prompt.mean()), **mean_interval(per_prompt, bootstrap)}
+    return result
 
 
 def win_outcomes(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
@@ -334,8 +364,9 @@ def win_rates(prompt_means: dict[str, np.ndarray], bootstrap: BootstrapConfig) -
 
 
 def compute_metrics(records: Sequence[dict[str, Any]], names: Sequence[str], score_names: Sequence[str],
-                    bootstrap: BootstrapConfig) -> dict[str, Any]:
-    """Per-checkpoint summaries of every score, KL and length, and the win-rate matrix of every score."""
+                    bootstrap: BootstrapConfig, verifier: str | None = None) -> dict[str, Any]:
+    """Per-checkpoint summaries of every score, KL and length, the win-rate matrix of every score, and
+    with a ``verifier`` score name, pass@k and mean@n of each checkpoint."""
     checkpoints: dict[str, Any] = {}
     for name in names:
         tables = {"kl": per_prompt_table(records, name, lambda r: r["kl"]),
@@ -347,6 +378,10 @@ def compute_metrics(records: Sequence[dict[str, Any]], names: Sequence[str], sco
             "kl": summarize(tables["kl"], bootstrap),
             "length": summarize(tables["length"], bootstrap),
         }
+        if verifier:
+            correctness = per_prompt_table(records, name, lambda r: r["scores"][verifier])
+            checkpoints[name]["pass_at_k"] = pass_at_k_metrics(correctness, bootstrap)
+            checkpoints[name]["mean_at_n"] = summarize(correctness, bootstrap)
     rates = {s: win_rates({n: per_prompt_table(records, n, lambda r, s=s: r["scores"][s]).mean(axis=1) for n in names},
                           bootstrap) for s in score_names}
     return {"checkpoints": checkpoints, "win_rates": rates}

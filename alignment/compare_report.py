@@ -139,6 +139,36 @@ def plot_lengths(metrics: dict[str, Any], records: Sequence[dict[str, Any]]) -> 
     return png(figure)
 
 
+def plot_pass_at_k(metrics: dict[str, Any]) -> str:
+    figure, (ax,) = _figure(1, 6.4)
+    for name, entry in metrics["checkpoints"].items():
+        ks = [int(k) for k in entry["pass_at_k"]]
+        points = list(entry["pass_at_k"].values())
+        ax.errorbar(ks, [p["mean"] for p in points], marker="o", capsize=4, label=name,
+                    yerr=[[max(0.0, p["mean"] - p["ci_low"]) for p in points],
+                          [max(0.0, p["ci_high"] - p["mean"]) for p in points]])
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("k (samples per prompt)")
+    ax.set_ylabel("pass@k")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    return png(figure)
+
+
+def pass_at_k_table(metrics: dict[str, Any]) -> str:
+    checkpoints = metrics["checkpoints"]
+    ks = list(next(iter(checkpoints.values()))["pass_at_k"])
+    n = metrics["settings"]["sampling"]["n"]
+    head = "".join(f"<th>pass@{k}</th>" for k in ks) + f"<th>mean@{n}</th>"
+    rows = []
+    for name in checkpoints:
+        cells = "".join(f"<td>{with_ci(metrics, 'checkpoints', name, 'pass_at_k', k)}</td>" for k in ks)
+        rows.append(f"<tr><td>{html.escape(name)}</td>{cells}"
+                    f"<td>{with_ci(metrics, 'checkpoints', name, 'mean_at_n')}</td></tr>")
+    return f"<table id=\"pass-at-k\"><tr><th>checkpoint</th>{head}</tr>{''.join(rows)}</table>"
+
+
 def summary_table(metrics: dict[str, Any]) -> str:
     scores = list(metrics["scores"])
     head = "".join(f"<th>{html.escape(s)}</th>" for s in scores)
@@ -229,6 +259,11 @@ def render_report(metrics: dict[str, Any], records: Sequence[dict[str, Any]]) ->
         f"<ul>{sources}</ul>",
         "<h2>Summary</h2>", summary_table(metrics),
     ]
+    if settings.get("verifier"):
+        sections += [f"<h2>pass@k</h2><p>Verifier <code>{html.escape(settings['verifier'])}</code>: a sample is correct "
+                     "when it scores 1. pass@k is the unbiased estimate (Chen et al. 2021) of the chance that at least "
+                     f"one of k samples is correct, from the {sampling['n']} samples of each prompt, averaged over "
+                     "prompts; mean@n is the mean verifier score.</p>", pass_at_k_table(metrics), plot_pass_at_k(metrics)]
     if scores:
         sections += ["<h2>Win rates</h2><p>Per prompt, the mean score over each checkpoint's samples is compared: "
                      "win 1, tie 0.5, loss 0; averaged over prompts.</p>", f"<div class=\"row\">{wins}</div>",

@@ -26,6 +26,11 @@ def word_count(responses: Sequence[str]) -> list[float]:
     return [float(len(text.split())) for text in responses]
 
 
+def says_the(responses: Sequence[str]) -> list[float]:
+    """A 0/1 verifier for the end-to-end run: does the response contain the word "the"."""
+    return [float("the" in text.lower().split()) for text in responses]
+
+
 # --- win rates on a hand-made table -----------------------------------------------------------
 
 # Two samples per prompt, four prompts. Per-prompt means: A 0.5, 2, 0, 1;  B 0.5, 1, 0, 2;  C 0, 5, -1, 0.
@@ -69,6 +74,19 @@ def test_win_rates_and_intervals_match_a_hand_computation():
         bootstrap_ci(4, lambda idx: prompt_means[idx].mean(), resamples=200, confidence=0.9, seed=3))
     assert metrics["checkpoints"]["B"]["length"]["mean"] == pytest.approx(10.5)
     assert metrics["checkpoints"]["C"]["kl"]["mean"] == pytest.approx(0.15)
+
+
+def test_pass_at_k_of_a_hand_table():
+    from alignment.compare import pass_at_k_metrics
+
+    # 3 prompts x 4 samples: 0, 1 and 4 correct. pass@1 = (0 + 1/4 + 1) / 3; pass@2 = (0 + 1/2 + 1) / 3
+    # (one correct of 4: 1 - C(3,2)/C(4,2) = 1/2); pass@4 = (0 + 1 + 1) / 3
+    table = np.array([[0, 0, 0, 0], [0, 1, 0, 0], [1, 1, 1, 1]], dtype=float)
+    got = pass_at_k_metrics(table, BOOTSTRAP)
+    assert list(got) == ["1", "2", "4"]
+    assert [got[k]["mean"] for k in got] == pytest.approx([1.25 / 3, 1.5 / 3, 2 / 3])
+    assert got["4"]["ci_low"] <= got["4"]["mean"] <= got["4"]["ci_high"]
+    assert list(pass_at_k_metrics(np.zeros((2, 6)), BOOTSTRAP)) == ["1", "2", "4", "6"]
 
 
 def test_short_names():
@@ -136,7 +154,7 @@ def compared(checkpoints, tmp_path_factory) -> dict:
     result = subprocess.run(
         [*ALIGN, "compare", str(checkpoints["base"]), str(checkpoints["sharp"]), "--prompts", str(checkpoints["prompts"]),
          "--reference", str(checkpoints["base"]), "--gold", "reward.functions:sentiment_judge",
-         "--reward-fn", "tests.test_compare:word_count", "--reward-model", str(checkpoints["rm"]), "-o", str(output),
+         "--reward-fn", "tests.test_compare:word_count", "--verifier", "tests.test_compare:says_the", "--reward-model", str(checkpoints["rm"]), "-o", str(output),
          "max_prompts=12", "sampling.n=2", "sampling.max_tokens=32", "bootstrap.resamples=500", "progress=false"],
         capture_output=True, text=True, env=subprocess_env(), timeout=400,
     )
@@ -151,7 +169,7 @@ def compared(checkpoints, tmp_path_factory) -> dict:
     }
 
 
-SCORES = ["gold", "fn:word_count", "rm:rm"]
+SCORES = ["gold", "verifier", "fn:word_count", "rm:rm"]
 
 
 @pytest.mark.slow
@@ -224,6 +242,14 @@ def test_metrics_equal_a_recomputation_from_generations(compared):
             assert (got["ci_low"], got["ci_high"]) == pytest.approx(interval(outcomes)), (score, a, b)
         assert metrics["win_rates"][score]["base"]["sharp"]["rate"] + metrics["win_rates"][score]["sharp"]["base"][
             "rate"] == pytest.approx(1)
+    for name in ("base", "sharp"):  # pass@k from the 2 samples per prompt: pass@1 = mean, pass@2 = any correct
+        correct = table(name, lambda r: r["scores"]["verifier"])
+        got = metrics["checkpoints"][name]["pass_at_k"]
+        assert list(got) == ["1", "2"]
+        assert got["1"]["mean"] == pytest.approx(correct.mean())
+        assert got["2"]["mean"] == pytest.approx(correct.max(axis=1).mean())
+        assert (got["2"]["ci_low"], got["2"]["ci_high"]) == pytest.approx(interval(correct.max(axis=1)))
+        assert metrics["checkpoints"][name]["mean_at_n"]["mean"] == pytest.approx(correct.mean())
 
 
 class NumberCollector(HTMLParser):

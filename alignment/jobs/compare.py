@@ -16,8 +16,8 @@ OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "compare", help="Compare checkpoints: samples, scores, KL, win rates, HTML report",
-        description="Sample every checkpoint on the same prompts, score the samples (gold judge, reward functions, "
-                    "reward models), measure KL to a reference and pairwise win rates; write generations.jsonl, "
+        description="Sample every checkpoint on the same prompts, score the samples (gold judge, verifier, reward "
+                    "functions, reward models), measure KL to a reference, pairwise win rates and pass@k; write generations.jsonl, "
                     "metrics.json and a self-contained report.html.")
     parser.add_argument("items", nargs="*", metavar="CKPT | key=value",
                         help="checkpoint directories, and dotted config overrides such as sampling.n=8")
@@ -28,6 +28,7 @@ def register(subparsers) -> None:
     parser.add_argument("--reward-fn", action="append", dest="reward_functions", metavar="module:function",
                         help="reward function of the response texts (repeatable)")
     parser.add_argument("--gold", metavar="module:function", help="gold judge, e.g. reward.functions:sentiment_judge")
+    parser.add_argument("--verifier", metavar="NAME", help="correctness check scoring 0/1, e.g. math_answer: adds pass@k")
     parser.add_argument("--output", "-o", help="output directory")
     parser.add_argument("--config", "-c", help="YAML config file (CompareConfig)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -39,7 +40,7 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
     checkpoints = [item for item in args.items if not OVERRIDE.match(item)]
     flags = {"checkpoints": checkpoints or None, "prompts": args.prompts, "reference": args.reference,
              "reward_models": args.reward_models, "reward_functions": args.reward_functions, "gold": args.gold,
-             "output": args.output}
+             "verifier": args.verifier, "output": args.output}
     overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
     return overrides + [item for item in args.items if OVERRIDE.match(item)]
 
