@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -71,6 +71,28 @@ class OptimConfig(Section):
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final LR as a fraction of the peak (linear and cosine).")
 
 
+class LoRAConfig(Section):
+    """LoRA adapters (through PEFT) instead of full fine-tuning; setting the section (even `lora: {}`) enables them."""
+
+    rank: int = Field(8, ge=1, description="Rank r of each adapter: B (out x r) times A (r x in) is added to the frozen weight.")
+    alpha: float = Field(16.0, gt=0, description="Scale of the adapter's update: (alpha / rank) * B A.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter's input while training (the frozen path has none).")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names that get adapters (e.g. [q_proj, v_proj]; a name matches a module's "
+        "last name part), or all-linear: every linear layer except the output (lm_head).")
+    load_in_4bit: bool = Field(False, description="QLoRA: a 4-bit base model (CUDA and bitsandbytes only; refused elsewhere).")
+
+    @model_validator(mode="after")
+    def _some_targets(self) -> LoRAConfig:
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ValueError("lora.target_modules is empty: list module names or use all-linear")
+        return self
+
+
+LORA_FIELD_HELP = ("LoRA adapters (docs/lora.md); None trains every weight. "
+                   "Setting the section, even `lora: {}` or `lora.rank=8`, enables them.")
+
+
 class TrackingConfig(Section):
     tensorboard: bool = Field(True, description="Write TensorBoard events to <output_dir>/tensorboard.")
     wandb_project: str | None = Field(None, description="Weights & Biases project; None disables W&B.")
@@ -113,6 +135,7 @@ class SFTConfig(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer and learning-rate schedule.")
     strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="DeepSpeed ZeRO settings.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Ray cluster and workers per model.")
+    lora: LoRAConfig | None = Field(None, description=LORA_FIELD_HELP)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Metrics and progress output.")
 
     @model_validator(mode="after")
@@ -171,6 +194,7 @@ def _section_at(schema: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     for part in loc:
         field = schema.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
+        annotation = next((arg for arg in get_args(annotation) if isinstance(arg, type)), annotation)  # X | None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         schema = annotation
@@ -269,6 +293,7 @@ class DPOConfig(Section):
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-6), description="Optimizer and learning-rate schedule.")
     strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="DeepSpeed ZeRO settings (policy and reference).")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Ray cluster and workers; the reference shares them.")
+    lora: LoRAConfig | None = Field(None, description=LORA_FIELD_HELP)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Metrics and progress output.")
 
     @model_validator(mode="after")
@@ -295,6 +320,7 @@ class RMConfig(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer and learning-rate schedule.")
     strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="DeepSpeed ZeRO settings.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Ray cluster and workers.")
+    lora: LoRAConfig | None = Field(None, description=LORA_FIELD_HELP)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Metrics and progress output.")
 
     @model_validator(mode="after")

@@ -3,7 +3,8 @@
 Chosen and rejected go through one forward: by default one row per pair with their shared prefix
 computed once (``data.share_prefix``, see :mod:`alignment.pair_packing`), else one concatenated padded
 batch. The reference's log-probs are computed on the fly, or once before training
-(``dpo.precompute_ref_logps``), after which the reference is freed.
+(``dpo.precompute_ref_logps``), after which the reference is freed. With LoRA the reference is the
+policy with its adapters disabled: no second copy of the weights (docs/lora.md).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.distributed as dist
 
 from alignment.config import DPOConfig
 from alignment.logprobs import sequence_logps
+from alignment.lora import adapters_disabled
 from alignment.losses import preference_loss
 from alignment.models import load_causal_lm
 from alignment.pair_packing import packed_logps
@@ -34,13 +36,15 @@ class DPOWorker(PairWorker):
     def prepare(self, total_steps: int) -> int:
         parameters = super().prepare(total_steps)
         self.reference = None
-        if self.config.dpo.loss_type != "simpo":
+        # With LoRA (and no other reference named) the reference is the policy with its adapters disabled.
+        self.reference_is_base = self.config.lora is not None and self.config.dpo.reference is None
+        if self.config.dpo.loss_type != "simpo" and not self.reference_is_base:
             self.reference = DeepSpeedStrategy(self.config.strategy, self.micro_batch_size, self.accumulation)
             self.reference.before_model_load(train=False)
             self.reference.prepare_inference(load_causal_lm(self.config.dpo.reference or self.config.model,
                                                             self.strategy.dtype))
-            if self.config.dpo.precompute_ref_logps:
-                self._precompute_reference()
+        if self.config.dpo.loss_type != "simpo" and self.config.dpo.precompute_ref_logps:
+            self._precompute_reference()
         return parameters
 
     @torch.no_grad()
@@ -59,9 +63,10 @@ class DPOWorker(PairWorker):
         for part in gathered:
             for index, (chosen_logp, rejected_logp) in part.items():
                 pairs[index].ref_chosen, pairs[index].ref_rejected = chosen_logp, rejected_logp
-        self.reference.engine.destroy() if hasattr(self.reference.engine, "destroy") else None
-        self.reference = None
-        gc.collect()
+        if self.reference is not None:
+            self.reference.engine.destroy() if hasattr(self.reference.engine, "destroy") else None
+            self.reference = None
+            gc.collect()
 
     def _logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs and labelled-token counts of the chosen sequences, then the rejected ones."""
@@ -72,8 +77,13 @@ class DPOWorker(PairWorker):
         if pairs[0].ref_chosen is not None:
             return (torch.tensor([p.ref_chosen for p in pairs], device=self.strategy.device),
                     torch.tensor([p.ref_rejected for p in pairs], device=self.strategy.device))
+        batch = batch if batch is not None else self.pair_inputs(pairs)
         with torch.no_grad():
-            logps, _ = self._logps(self.reference.engine, batch if batch is not None else self.pair_inputs(pairs))
+            if self.reference is not None:
+                logps, _ = self._logps(self.reference.engine, batch)
+            else:  # LoRA: the same weights without the adapters
+                with adapters_disabled(self.engine):
+                    logps, _ = self._logps(self.engine, batch)
         return logps[: len(pairs)], logps[len(pairs) :]
 
     def batch_loss(self, examples: list[PreferencePair]):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,15 +106,16 @@ class DeepSpeedStrategy:
         """Wrap ``model`` for training with AdamW and the LR schedule; returns the engine."""
         import deepspeed
 
+        trainable = [param for param in model.parameters() if param.requires_grad]  # LoRA: the adapters only
         if self.config.offload_optimizer:
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
             optimizer = DeepSpeedCPUAdam(
-                model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
+                trainable, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
             )
         else:
             optimizer = torch.optim.AdamW(
-                model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
+                trainable, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
             )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, total_steps))
         self.engine, *_ = deepspeed.initialize(
@@ -163,7 +164,8 @@ class DeepSpeedStrategy:
     def save_checkpoint(self, directory: Path) -> None:
         """Write model, optimizer, scheduler (DeepSpeed) and this rank's RNG states into ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
-        self.engine.save_checkpoint(str(directory), tag="deepspeed")
+        # Frozen weights (a LoRA base) are loaded again from the model directory: not copied into every checkpoint.
+        self.engine.save_checkpoint(str(directory), tag="deepspeed", exclude_frozen_parameters=self._has_frozen())
         torch.save(
             {
                 "python": random.getstate(),
@@ -177,7 +179,8 @@ class DeepSpeedStrategy:
     def load_checkpoint(self, directory: Path) -> None:
         """Restore what :meth:`save_checkpoint` wrote (same world size)."""
         load_path, _ = self.engine.load_checkpoint(
-            str(directory), tag="deepspeed", load_optimizer_states=True, load_lr_scheduler_states=True
+            str(directory), tag="deepspeed", load_optimizer_states=True, load_lr_scheduler_states=True,
+            load_module_strict=not self._has_frozen(),
         )
         if load_path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}")
@@ -188,32 +191,90 @@ class DeepSpeedStrategy:
         if state["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
 
+    def parameter_count(self, trainable: bool = False) -> int:
+        """Parameters of the model (whole, also under ZeRO-3); only those the optimizer updates if ``trainable``."""
+        return sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters()
+                   if p.requires_grad or not trainable)
+
+    def _has_frozen(self) -> bool:
+        return any(not param.requires_grad for param in self.engine.module.parameters())
+
     def full_weight_layout(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
         """Name, whole shape and dtype of every tensor :meth:`full_weights` yields, in its order (no gathering)."""
+        from alignment.lora import is_peft_model, plain_name
+
         module = self.engine.module
-        layout = [(name, tuple(getattr(param, "ds_shape", param.shape)), param.dtype)
-                  for name, param in module.named_parameters()]
+        if is_peft_model(module):
+            named = [(plain_name(name), param) for name, param in module.get_base_model().named_parameters()]
+            named = [(name, param) for name, param in named if name is not None]
+        else:
+            named = list(module.named_parameters())
+        layout = [(name, tuple(getattr(param, "ds_shape", param.shape)), param.dtype) for name, param in named]
         return layout + [(name, tuple(buffer.shape), buffer.dtype) for name, buffer in self._persistent_buffers()]
 
     def full_weights(self) -> Iterator[tuple[str, torch.Tensor | None]]:
         """Every parameter and persistent buffer, whole, one at a time; the tensor is rank 0's only
-        (None elsewhere) and valid until the next item. Collective under ZeRO-3: every rank must iterate."""
-        import deepspeed
+        (None elsewhere) and valid until the next item. Collective under ZeRO-3: every rank must iterate.
+        A LoRA model yields its plain Hugging Face weights with the adapters merged in."""
+        from alignment.lora import is_peft_model, merged_weights
 
-        for name, param in self.engine.module.named_parameters():
-            if hasattr(param, "ds_id"):
-                with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+        module = self.engine.module
+        if is_peft_model(module):
+            yield from merged_weights(module, self._gathered, self.rank == 0)
+        else:
+            for name, param in module.named_parameters():
+                with self._gathered([param]):
                     yield name, param.data if self.rank == 0 else None
-            else:
-                yield name, param.data if self.rank == 0 else None
         for name, buffer in self._persistent_buffers():
             yield name, buffer if self.rank == 0 else None
 
+    @staticmethod
+    def _gathered(params: list[torch.nn.Parameter]):
+        """Whole ZeRO-3 parameters inside the block (a no-op for parameters that are not partitioned)."""
+        import contextlib
+
+        import deepspeed
+
+        partitioned = [param for param in params if hasattr(param, "ds_id")]
+        return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None) if partitioned else contextlib.nullcontext()
+
     def _persistent_buffers(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for prefix, submodule in self.engine.module.named_modules():
+        from alignment.lora import is_peft_model, plain_name
+
+        module = self.engine.module
+        peft = is_peft_model(module)
+        for prefix, submodule in (module.get_base_model() if peft else module).named_modules():
             for name, buffer in submodule.named_buffers(recurse=False):
                 if name not in submodule._non_persistent_buffers_set:
-                    yield (f"{prefix}.{name}" if prefix else name), buffer
+                    full = f"{prefix}.{name}" if prefix else name
+                    full = plain_name(full) if peft else full
+                    if full is not None:
+                        yield full, buffer
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The trainable tensors (LoRA: the adapters, a reward head) under the model's own names, whole, on CPU
+        on rank 0 (None elsewhere). Collective under ZeRO-3."""
+        state = {}
+        for name, param in self.engine.module.named_parameters():
+            if param.requires_grad:
+                with self._gathered([param]):
+                    if self.rank == 0:
+                        state[name] = param.data.detach().to("cpu", copy=True)
+        return state if self.rank == 0 else None
+
+    def export_hf(self, directory: Path, write: Callable[[dict[str, torch.Tensor], Path], None]) -> None:
+        """The model as a plain HF directory: ``write(state_dict, directory)`` on rank 0 (a LoRA model merged,
+        its adapter in PEFT format in ``directory/adapter``). Collective: every rank calls it (ZeRO-3 gathers)."""
+        from alignment.lora import ADAPTER_DIR, is_peft_model, save_adapter
+
+        state = self.full_state_dict()
+        if self.rank == 0:
+            write(state, directory)
+        if is_peft_model(self.engine.module):
+            adapter = self.trainable_state_dict()
+            if self.rank == 0:
+                save_adapter(self.engine.module, adapter, directory / ADAPTER_DIR)
+        self.barrier()
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """The whole model's weights, copied to CPU on rank 0 (None elsewhere). Every rank must call

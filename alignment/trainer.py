@@ -53,11 +53,16 @@ class TrainWorker(DistributedWorker):
     def prepare(self, total_steps: int) -> int:
         """Build the model and its DeepSpeed engine; returns the trainable parameter count."""
         self.strategy.before_model_load(train=True)
-        model = self.build_model()
-        if self.config.train.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+        from alignment.lora import trainable_model
+
+        model = trainable_model(self.build_model(), getattr(self.config, "lora", None), self.config.train.seed,
+                                self.config.train.gradient_checkpointing)
         self.engine = self.strategy.prepare(model, self.config.optim, total_steps)
-        return sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())
+        return self.strategy.parameter_count()
+
+    def trainable(self) -> int:
+        """Parameters the optimizer updates (all of them, or LoRA's adapters and a reward head)."""
+        return self.strategy.parameter_count(trainable=True)
 
     def train_step(self, indices: list[int]) -> dict[str, float]:
         """One optimizer step over this rank's share of the global batch ``indices``."""
@@ -104,13 +109,10 @@ class TrainWorker(DistributedWorker):
         self.strategy.load_checkpoint(Path(directory))
 
     def export_hf(self, directory: str) -> None:
-        """Plain HF weights + tokenizer into ``directory`` (all ranks gather, rank 0 writes)."""
+        """Plain HF weights + tokenizer into ``directory`` (LoRA: merged, and the adapter in ``adapter/``)."""
         from alignment.models import save_hf_model
 
-        state = self.strategy.full_state_dict()
-        if self.rank == 0:
-            save_hf_model(state, self.config.model, self.tokenizer, Path(directory))
-        self.strategy.barrier()
+        self.strategy.export_hf(Path(directory), lambda state, out: save_hf_model(state, self.config.model, self.tokenizer, out))
 
 
 class PairWorker(TrainWorker):
@@ -194,6 +196,10 @@ def check_inputs(config: Any, check_rows: Callable[[str, Any], RowCheck],
     from alignment.models import check_model_dir
 
     check_model_dir(config.model)
+    if getattr(config, "lora", None) is not None:
+        from alignment.lora import check_lora
+
+        check_lora(config.lora, config.model)
     for path, what in ((config.tokenizer, "tokenizer"), *models):
         if path:
             check_model_dir(path, what)
@@ -222,6 +228,10 @@ def run_training(config: Any, worker_cls: type[TrainWorker], resume: bool = Fals
             sampler = StepSampler(sizes["train"], config.train.global_batch_size, config.train.seed, config.data.shuffle)
             total_steps = config.train.max_steps or sampler.steps_per_epoch * config.train.epochs
             parameters = group.call("prepare", total_steps)[0]
+            lora = getattr(config, "lora", None)
+            if lora is not None:
+                print(f"LoRA rank {lora.rank}, alpha {lora.alpha:g} on {lora.target_modules}: "
+                      f"{group.call('trainable')[0] / 1e6:.3f}M of {parameters / 1e6:.2f}M parameters train")
         start_step, state = 0, run.resume_state()
         if run.resume_from is not None:
             with timer.phase("resume"):

@@ -61,13 +61,12 @@ class RMWorker(PairWorker):
         return losses.sum(), float(n), metrics
 
     def export_hf(self, directory: str) -> None:
-        """The reward model with its own config (sequence classification, one label), loadable by reward.model."""
+        """The reward model with its own config (sequence classification, one label), loadable by reward.model
+        (LoRA: merged, and the adapter with the trained head in ``adapter/``)."""
         from reward.model import save_reward_model
 
-        state = self.strategy.full_state_dict()
-        if self.rank == 0:
-            save_reward_model(state, self.engine.module.config, self.tokenizer, Path(directory))
-        self.strategy.barrier()
+        config = self.engine.module.config
+        self.strategy.export_hf(Path(directory), lambda state, out: save_reward_model(state, config, self.tokenizer, out))
 
 
 def run_rm(config: RMConfig, resume: bool = False) -> Path:

@@ -8,7 +8,9 @@ from pydantic import Field, model_validator
 
 from alignment.config import (
     CHAT_TEMPLATE_HELP,
+    LORA_FIELD_HELP,
     ClusterConfig,
+    LoRAConfig,
     OptimConfig,
     Section,
     StrategyConfig,
@@ -137,6 +139,9 @@ class PPOConfig(Section):
         default_factory=lambda: [list(ROLES)],
         description="Models that share one group of processes (a list of lists); a model in no list gets its own group, placed on the same devices.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Ray cluster; ranks per model group.")
+    lora: LoRAConfig | None = Field(None, description=LORA_FIELD_HELP + " Adapters on the actor and the critic (its value "
+                                    "head trains whole); the reference is then the actor with its adapters disabled "
+                                    "unless `reference` names another model.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Metrics and progress output.")
 
     @model_validator(mode="before")
@@ -207,13 +212,22 @@ class PPOConfig(Section):
         """The KL to the reference is a term of the policy loss (``kl.use_in=loss``), not of the reward."""
         return self.kl.use_in == "loss" and "reference" in self.roles
 
+    @property
+    def reference_is_actor(self) -> bool:
+        """LoRA without another reference named: the reference is the actor with its adapters disabled."""
+        return self.lora is not None and self.reference is None and "reference" in self.roles
+
     def groups(self) -> list[list[Role]]:
-        """The process groups: each colocate list (restricted to the roles in use), then one per other role."""
-        used = self.roles
+        """The process groups: each colocate list (restricted to the roles in use), then one per other role.
+        A reference that is the actor's base (LoRA) lives with the actor, wherever ``colocate`` puts it."""
+        used = [r for r in self.roles if not (r == "reference" and self.reference_is_actor)]
         groups = [[r for r in group if r in used] for group in self.colocate]
         groups = [g for g in groups if g]
         placed = {r for g in groups for r in g}
-        return groups + [[r] for r in used if r not in placed]
+        groups = groups + [[r] for r in used if r not in placed]
+        if self.reference_is_actor:
+            groups = [[*g, "reference"] if "actor" in g else g for g in groups]
+        return groups
 
     def strategy_for(self, role: Role) -> StrategyConfig:
         return self.role_strategies.get(role, self.strategy)

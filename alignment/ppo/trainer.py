@@ -146,6 +146,10 @@ def check_ppo_inputs(config: PPOConfig) -> None:
             check_model_dir(path)
     if config.tokenizer:
         check_model_dir(config.tokenizer, "tokenizer")
+    if config.lora is not None:
+        from alignment.lora import check_lora
+
+        check_lora(config.lora, config.model)
     for path in (config.data.train, config.data.eval):
         if path and not Path(path).exists():
             raise AlignError(f"prompt data {path} does not exist")

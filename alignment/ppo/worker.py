@@ -10,6 +10,7 @@ with documented shapes); what it returns is a tensor of per-response-token outpu
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +20,8 @@ import torch
 from alignment.cluster.group import DistributedWorker
 from alignment.data import length_balanced_micro_batches
 from alignment.logprobs import entropies, token_logprobs
-from alignment.models import load_causal_lm, load_tokenizer
+from alignment.lora import adapters_disabled, trainable_model
+from alignment.models import load_causal_lm, load_tokenizer, save_hf_model
 from alignment.ppo.batch import RolloutBatch
 from alignment.ppo.config import PPOConfig, Role
 from alignment.ppo.kl import kl_estimate
@@ -70,18 +72,21 @@ class PPOWorker(BroadcastSender, DistributedWorker):
         self.models: dict[Role, DeepSpeedStrategy] = {}
         counts = {}
         for role in roles:
+            if role == "reference" and cfg.reference_is_actor:
+                continue  # the actor with its adapters disabled: no weights of its own
             strategy = DeepSpeedStrategy(cfg.strategy_for(role), self.micro, accumulation)
             trained = role in TRAINED
             strategy.before_model_load(train=trained)
             model = self._load(role, strategy.dtype)
             if trained:
-                if cfg.train.gradient_checkpointing:
-                    model.gradient_checkpointing_enable()
+                model = trainable_model(model, cfg.lora, cfg.train.seed, cfg.train.gradient_checkpointing)
                 strategy.prepare(model, cfg.optim if role == "actor" else cfg.critic_optim, total_updates)
             else:
                 strategy.prepare_inference(model)
             self.models[role] = strategy
-            counts[role] = sum(getattr(p, "ds_numel", p.numel()) for p in strategy.engine.module.parameters())
+            counts[role] = strategy.parameter_count()
+            if trained and cfg.lora is not None:
+                counts[f"{role} trainable"] = strategy.parameter_count(trainable=True)
         return counts
 
     def _load(self, role: Role, dtype: torch.dtype) -> torch.nn.Module:
@@ -117,7 +122,8 @@ class PPOWorker(BroadcastSender, DistributedWorker):
     @torch.no_grad()
     def forward(self, role: Role, batch: RolloutBatch) -> torch.Tensor:
         """[b, R] per-response-token outputs: log-probs (actor, reference) or values (critic)."""
-        strategy = self.models[role]
+        base = role == "reference" and self.config.reference_is_actor
+        strategy = self.models["actor" if base else role]
         strategy.engine.eval()
         out = torch.zeros(batch.response_mask.shape)
 
@@ -129,7 +135,9 @@ class PPOWorker(BroadcastSender, DistributedWorker):
                 values, _ = response_logprobs(strategy.engine, chunk, self.config.sampling.temperature, entropy=None)
             return list((values * chunk.response_mask).cpu())
 
-        for index, row in zip(range(len(batch)), self._by_length(batch.lengths.tolist(), outputs)):
+        with adapters_disabled(strategy.engine) if base else contextlib.nullcontext():
+            rows = self._by_length(batch.lengths.tolist(), outputs)
+        for index, row in enumerate(rows):
             out[index, : row.shape[0]] = row
         return out
 
@@ -239,10 +247,6 @@ class PPOWorker(BroadcastSender, DistributedWorker):
                 self.models[role].load_checkpoint(Path(directory) / role)
 
     def export_hf(self, directory: str) -> None:
-        """The actor as a plain HF model + tokenizer (all ranks gather, rank 0 writes)."""
-        from alignment.models import save_hf_model
-
-        state = self.models["actor"].full_state_dict()
-        if self.rank == 0:
-            save_hf_model(state, self.config.model, self.tokenizer, Path(directory))
-        self.models["actor"].barrier()
+        """The actor as a plain HF model + tokenizer (LoRA: merged, and the adapter in ``adapter/``)."""
+        self.models["actor"].export_hf(
+            Path(directory), lambda state, out: save_hf_model(state, self.config.model, self.tokenizer, out))
