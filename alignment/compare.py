@@ -119,6 +119,15 @@ def check_model(path: str, what: str) -> Path:
     return directory
 
 
+def with_adapters_merged(config: CompareConfig) -> CompareConfig:
+    """``config`` with each PEFT adapter directory among checkpoints and reference replaced by its merged
+    model (:func:`alignment.lora.plain_model_dir`)."""
+    from alignment.lora import plain_model_dir
+
+    return config.model_copy(update={"checkpoints": [plain_model_dir(c) for c in config.checkpoints],
+                                     "reference": config.reference and plain_model_dir(config.reference)})
+
+
 def check_same_vocabulary(reference: str, checkpoints: Sequence[str]) -> None:
     """KL compares log-probabilities of the same token ids: every checkpoint needs the reference's vocabulary."""
     from alignment.models import load_tokenizer
@@ -180,6 +189,7 @@ def run_compare(config: CompareConfig) -> Path:
 
     timer, started = PhaseTimer(), time.perf_counter()
     names = config.names or short_names(config.checkpoints)
+    config = with_adapters_merged(config)
     reference = config.reference or config.checkpoints[0]
     output = Path(config.output)
     generate_config = GenerateConfig(

@@ -61,24 +61,27 @@ def generate(config: GenerateConfig) -> tuple[list[dict[str, Any]], dict[str, fl
     from tqdm import tqdm
 
     from alignment.cluster.runtime import start_ray
+    from alignment.lora import plain_model_dir
     from rollout.engine import RolloutEngines, encode_prompts
 
     prompts = config.read_prompts()
-    check_prompt_templates(prompts, config.checkpoints, config.chat_template, config.prompts)
+    directories = {checkpoint: plain_model_dir(checkpoint) for checkpoint in config.checkpoints}  # adapters merged
+    check_prompt_templates(prompts, list(directories.values()), config.chat_template, config.prompts)
     start_ray(config.cluster, cpus=config.rollout.num_engines * config.rollout.cpus_per_engine)
     records: list[dict[str, Any]] = []
     speeds: dict[str, float] = {}
     engines = None
     try:
         for checkpoint in config.checkpoints:
-            if engines is not None and engines.can_load(checkpoint):
-                previous, seconds = engines.model, engines.load_checkpoint(checkpoint)
+            directory = directories[checkpoint]
+            if engines is not None and engines.can_load(directory):
+                previous, seconds = engines.model, engines.load_checkpoint(directory)
                 log.info("generate: %s: same model files as %s; weights swapped into the running engine(s) "
                          "in %.1f s", checkpoint, previous, seconds)
             else:
                 if engines is not None:
                     engines.shutdown()
-                engines = RolloutEngines(checkpoint, config.rollout, chat_template=config.chat_template)
+                engines = RolloutEngines(directory, config.rollout, chat_template=config.chat_template)
             prompt_ids = encode_prompts(engines.tokenizer, prompts, config.rollout.max_model_len)
             tokens, started = 0, time.perf_counter()
             bar = tqdm(total=len(prompts), desc=Path(checkpoint).name, unit="prompt", disable=not config.progress)

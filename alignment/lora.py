@@ -149,3 +149,40 @@ def save_adapter(model: torch.nn.Module, state: dict[str, torch.Tensor], directo
     """The adapter (and a reward model's trained score head) in PEFT format: ``PeftModel.from_pretrained(base,
     directory)`` loads it. ``state`` holds the trainable tensors under the ``PeftModel``'s own names."""
     model.save_pretrained(str(directory), state_dict=state, save_embedding_layers=False)
+
+
+def plain_model_dir(path: str | Path) -> str:
+    """``path`` itself, or, for a PEFT adapter directory (``adapter_config.json``, no ``config.json``), a plain
+    HF model of base + adapter merged, made once and cached under ``$ALIGN_HOME/merged`` (keyed by the
+    adapter's files and the base's path). The tokenizer is the adapter directory's, its parent's (align's
+    ``final/adapter``) or the base's. A causal-LM adapter only: a reward model's ``final/`` is merged already."""
+    import hashlib
+    import json
+    import shutil
+
+    from alignment.config import align_home
+    from alignment.models import check_model_dir, load_causal_lm, load_tokenizer
+
+    directory = Path(path).expanduser()
+    if not (directory / "adapter_config.json").is_file() or (directory / "config.json").is_file():
+        return str(path)
+    settings = json.loads((directory / "adapter_config.json").read_text())
+    if settings.get("task_type") not in (None, "CAUSAL_LM"):
+        raise AlignError(f"{directory}: a {settings['task_type']} adapter; only causal-LM adapters load here "
+                         "(use the job's final/ directory, where the adapter is merged)")
+    base = check_model_dir(settings.get("base_model_name_or_path") or "", f"base model of the adapter {directory}")
+    digest = hashlib.sha256(str(base.resolve()).encode())
+    for file in sorted(directory.glob("adapter_*")):
+        digest.update(file.read_bytes())
+    merged = align_home() / "merged" / f"{directory.parent.name}-{directory.name}-{digest.hexdigest()[:12]}"
+    if (merged / "config.json").is_file():
+        return str(merged)
+    from peft import PeftModel
+
+    staging = merged.with_name(merged.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    PeftModel.from_pretrained(load_causal_lm(base), str(directory)).merge_and_unload().save_pretrained(str(staging))
+    tokenizer_dir = next((d for d in (directory, directory.parent) if (d / "tokenizer_config.json").is_file()), base)
+    load_tokenizer(tokenizer_dir).save_pretrained(str(staging))
+    staging.rename(merged)
+    return str(merged)
