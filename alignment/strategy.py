@@ -121,7 +121,26 @@ class DeepSpeedStrategy:
         self.engine, *_ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config(train=True)
         )
+        self._drop_tied_frozen_weights(model)
         return self.engine
+
+    def _drop_tied_frozen_weights(self, model: torch.nn.Module) -> None:
+        """Keep frozen weights out of checkpoints also under a second name: DeepSpeed's
+        ``exclude_frozen_parameters`` drops the names of ``named_parameters()``, which lists a tied weight
+        (an LM head sharing the embedding) once, so a LoRA checkpoint still held the embedding (113 MB of
+        SmolLM2-135M's 117 MB). The engine's state-dict method is wrapped to drop every frozen name."""
+        frozen = {name for name, param in model.named_parameters(remove_duplicate=False) if not param.requires_grad}
+        if not frozen:
+            return
+        module_state_dict = self.engine.module_state_dict
+
+        def without_frozen(*args, exclude_frozen_parameters: bool = False, **kwargs):
+            state = module_state_dict(*args, exclude_frozen_parameters=exclude_frozen_parameters, **kwargs)
+            for name in frozen & state.keys() if exclude_frozen_parameters else ():
+                del state[name]
+            return state
+
+        self.engine.module_state_dict = without_frozen
 
     def prepare_inference(self, model: torch.nn.Module):
         """Wrap a frozen model (reference, reward): sharded under ZeRO-3, no optimizer state."""

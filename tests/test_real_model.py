@@ -383,3 +383,56 @@ def test_compare_base_against_dpo_with_the_reward_model(finals, rm_run, data, ra
     assert all(sorted(r["scores"]) == ["gold", "rm:run/final"] for r in rows), rows[0]["scores"]
     assert all(math.isfinite(r["scores"]["rm:run/final"]) for r in rows)
     assert 0.0 <= metrics["win_rates"]["gold"]["dpo"]["base"]["rate"] <= 1.0
+
+
+# ---- LoRA on the real model: SFT, reward model, DPO (in-process) and GRPO (CLI) ------------------------------
+
+LORA = {"rank": 8, "alpha": 16.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+
+
+@pytest.fixture(scope="module")
+def lora_runs(smollm2, data, ray_runtime, tmp_path_factory) -> dict[str, Path]:
+    """2 steps each of LoRA SFT, RM and DPO (attention projections, rank 8) and LoRA GRPO; checkpoints kept."""
+    from alignment.config import DPOConfig, RMConfig, SFTConfig
+    from alignment.dpo import run_dpo
+    from alignment.sft import run_sft
+    from reward.train import run_rm
+
+    root = tmp_path_factory.mktemp("real_lora")
+    runs = {name: root / name for name in ("sft", "rm", "dpo", "grpo")}
+    run_sft(SFTConfig.model_validate(training_tree(smollm2, data["sft"], runs["sft"], 2, 2e-4, lora=LORA)))
+    run_rm(RMConfig.model_validate(training_tree(smollm2, data["pairs"], runs["rm"], 2, 1e-3, lora=LORA)))
+    run_dpo(DPOConfig.model_validate(training_tree(smollm2, data["pairs"], runs["dpo"], 2, 1e-4, lora=LORA)))
+    config = runs["grpo"].with_suffix(".yaml")
+    config.write_text(yaml.safe_dump(rl_tree(smollm2, data["prompts"], runs["grpo"], "grpo", lora=LORA,
+                                             optim__lr=1e-4, kl__estimator="k3", kl__use_in="loss")))
+    result = subprocess.run([*ALIGN, "ppo", "--config", str(config)], cwd=REPO, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return runs
+
+
+@pytest.mark.slow
+def test_lora_jobs_on_the_real_model_learn_keep_small_checkpoints_and_give_plain_models(lora_runs, smollm2):
+    from safetensors.torch import load_file
+
+    sft, rm, dpo = (read_metrics(lora_runs[name]) for name in ("sft", "rm", "dpo"))
+    assert sft[-1]["train/loss"] < sft[0]["train/loss"] < 3.0, sft
+    assert rm[-1]["train/loss"] < rm[0]["train/loss"], rm
+    assert dpo[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-4)  # adapters start at B = 0: policy == reference
+    assert dpo[1]["train/loss"] < math.log(2)
+    check_rl_steps(read_metrics(lora_runs["grpo"]), 2)  # KL 0 to the adapter-free reference, merged weights synced
+    base = load_file(smollm2 / "model.safetensors")
+    for name, run in lora_runs.items():
+        checkpoint = next((run / "checkpoints").glob("step_*"))
+        state = sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file() and "hf" not in f.parts)
+        assert state < 50e6, (name, state)  # DeepSpeed state of the adapters only (full fine-tuning: 1.6 GB)
+        assert (run / "final" / "adapter" / "adapter_config.json").is_file(), name
+        if name != "rm":
+            weights = load_file(run / "final" / "model.safetensors")
+            assert set(weights) == set(base), name  # plain HF names, adapters merged
+            assert not torch.equal(weights["model.layers.0.self_attn.q_proj.weight"],
+                                   base["model.layers.0.self_attn.q_proj.weight"]), name
+            assert torch.equal(weights["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
+    print(f"lora: sft {[r['train/loss'] for r in sft]}, dpo {[r['train/loss'] for r in dpo]}, "
+          f"s/step sft {[r['time/step_s'] for r in sft]} dpo {[r['time/step_s'] for r in dpo]}")
