@@ -20,6 +20,7 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Re
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import StrictStr
+from starlette.concurrency import run_in_threadpool
 
 from alignment.errors import AlignError
 from labeling_ui import arena
@@ -58,10 +59,15 @@ def install_error_handlers(app: FastAPI) -> None:
 def build_router(store: st.Store) -> APIRouter:
     router = APIRouter(prefix="/api/v1")
 
-    def current_user(authorization: Annotated[str | None, Header()] = None) -> st.User:
+    async def current_user(authorization: Annotated[str | None, Header()] = None) -> st.User:
+        # async: a known token is answered from memory on the event loop, without a trip to the thread pool
         scheme, _, token = (authorization or "").partition(" ")
         try:
-            user = st.user_for_token(store, token) if scheme.lower() == "bearer" and token else None
+            user = None
+            if scheme.lower() == "bearer" and token:
+                user = st.user_for_token(store, token, cached_only=True) or await run_in_threadpool(
+                    st.user_for_token, store, token
+                )
         except st.SessionExpired as error:
             raise HTTPException(401, str(error), headers={"WWW-Authenticate": "Bearer"}) from error
         if user is None:

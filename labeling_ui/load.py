@@ -1,6 +1,6 @@
 """Load and crash checks of the labeling server over its JSON HTTP API (loopback only).
 
-``run_load`` starts a server process on a fresh SQLite database, lets N annotators claim and submit
+``run_load`` starts a server process on a fresh SQLite (or PostgreSQL) database, lets N annotators claim and submit
 concurrently, optionally SIGKILLs and restarts the server midway, then checks the database: no
 acknowledged submission lost, none duplicated, M respected. ``benchmarks/labeling_load.py`` and
 the tests call the same code.
@@ -11,17 +11,22 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select
 
 from labeling_ui import store as st
 
@@ -32,6 +37,58 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def postgres_binaries() -> str | None:
+    """``initdb`` of a local PostgreSQL (its ``pg_ctl`` beside it), or None when absent."""
+    initdb = shutil.which("initdb") or "/usr/lib/postgresql/15/bin/initdb"
+    return initdb if os.path.exists(initdb) else None
+
+
+@contextmanager
+def postgres_server(*, fsync: bool = True) -> Iterator[str]:
+    """A throwaway PostgreSQL server on loopback (``initdb`` + ``pg_ctl``, trust auth, run as the
+    ``postgres`` user when we are root); yields its URL without a database name, stops it after.
+
+    ``fsync=False`` only for tests that do not measure anything: commits then skip the disk flush.
+    """
+    initdb = postgres_binaries()
+    if initdb is None:
+        raise RuntimeError("PostgreSQL needs initdb/pg_ctl (apt: postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="align-pg-"))  # pytest's tmp dirs are private to root
+    data = root / "data"
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(root, "postgres")
+    port = free_port()
+    subprocess.run(
+        [*as_postgres, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True
+    )
+    pg_ctl = str(Path(initdb).with_name("pg_ctl"))
+    options = f"-p {port} -c listen_addresses=127.0.0.1 -k {root} -c max_connections=200"
+    subprocess.run(
+        [*as_postgres, pg_ctl, "-D", str(data), "-w", "-l", str(root / "log"), "start", "-o",
+         options + ("" if fsync else " -c fsync=off")],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def create_database(server_url: str) -> str:
+    """A new, empty database on the PostgreSQL server; returns its URL."""
+    name = f"t{uuid.uuid4().hex[:12]}"
+    admin = create_engine(
+        server_url.replace("postgresql://", "postgresql+psycopg://") + "/postgres", isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    admin.dispose()
+    return f"{server_url}/{name}"
 
 
 class ServerProcess:
@@ -218,10 +275,15 @@ def run_load(
     *,
     kill_after: int | None = None,
     timeout: float = 300,
+    db_url: str | None = None,
 ) -> tuple[LoadResult, dict[str, int]]:
-    """Run the load (and crash, if ``kill_after`` acknowledged submissions) and verify the database."""
+    """Run the load (and crash, if ``kill_after`` acknowledged submissions) and verify the database.
+
+    ``db_url``: an empty database (PostgreSQL: see :func:`create_database`); default a fresh SQLite
+    file in ``workdir``.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
-    db_url = f"sqlite:///{workdir / 'load.db'}"
+    db_url = db_url or f"sqlite:///{workdir / 'load.db'}"
     names = prepare(db_url, annotators, per_annotator, m)
     result = LoadResult()
     server = ServerProcess(db_url, log_path=workdir / "server.log").start()

@@ -5,11 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
@@ -199,66 +196,28 @@ def resume_run(command: list[str]) -> str:
 @pytest.fixture(scope="module")
 def postgres():
     """A throwaway PostgreSQL server on loopback, if the binaries and the psycopg driver are here."""
-    initdb = shutil.which("initdb") or "/usr/lib/postgresql/15/bin/initdb"
-    if not os.path.exists(initdb) or importlib.util.find_spec("psycopg") is None:
+    from labeling_ui.load import postgres_binaries, postgres_server
+
+    if postgres_binaries() is None or importlib.util.find_spec("psycopg") is None:
         pytest.skip(
             "PostgreSQL tests need initdb/pg_ctl (apt: postgresql) and psycopg (pip: psycopg[binary])"
         )
-    from labeling_ui.load import free_port
-
-    root = Path(tempfile.mkdtemp(prefix="align-pg-"))  # pytest's tmp dirs are private to root
-    data = root / "data"
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_postgres:
-        shutil.chown(root, "postgres")
-    port = free_port()
-    subprocess.run(
-        [*as_postgres, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"],
-        check=True,
-        capture_output=True,
-    )
-    pg_ctl = str(Path(initdb).with_name("pg_ctl"))
-    subprocess.run(
-        [
-            *as_postgres,
-            pg_ctl,
-            "-D",
-            str(data),
-            "-w",
-            "-l",
-            str(data.parent / "log"),
-            "start",
-            "-o",
-            f"-p {port} -c listen_addresses=127.0.0.1 -k {data.parent} -c fsync=off",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    yield f"postgresql://postgres@127.0.0.1:{port}"
-    subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-    shutil.rmtree(root, ignore_errors=True)
+    with postgres_server(fsync=False) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db(request, tmp_path):
     """A fresh labeling store on SQLite, and on a throwaway PostgreSQL database where one can run."""
-    from sqlalchemy import create_engine
 
     from labeling_ui import store as st
 
     if request.param == "sqlite":
         store = st.Store(f"sqlite:///{tmp_path / 'label.db'}")
     else:
-        server = request.getfixturevalue("postgres")
-        name = f"t{uuid.uuid4().hex[:12]}"
-        admin = create_engine(
-            server.replace("postgresql://", "postgresql+psycopg://") + "/postgres",
-            isolation_level="AUTOCOMMIT",
-        )
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f"CREATE DATABASE {name}")
-        admin.dispose()
-        store = st.Store(f"{server}/{name}")
+        from labeling_ui.load import create_database
+
+        store = st.Store(create_database(request.getfixturevalue("postgres")))
     yield store
     store.close()
 

@@ -22,3 +22,13 @@ def test_sigkill_during_load_keeps_every_acknowledged_submission(tmp_path):
     assert checks["acknowledged"] >= 12  # the crash happened midway, after these were acknowledged
     assert checks["stored"] == 40  # submits cut off by the crash were retried: every planned ranking is there
     assert "server.log" in {path.name for path in tmp_path.iterdir()}
+
+
+def test_concurrent_annotators_on_postgresql_nothing_lost_or_duplicated(tmp_path, postgres):
+    from labeling_ui.load import create_database
+
+    result, checks = run_load(
+        tmp_path, annotators=10, per_annotator=5, m=2, timeout=120, db_url=create_database(postgres)
+    )
+    assert result.errors == []
+    assert checks == {"acknowledged": 50, "stored": 50, "lost": 0, "duplicated": 0, "over_m": 0, "errors": 0}

@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import (
-    create_engine,
-    event,
-)
-from sqlalchemy.engine import Engine
+from sqlalchemy import JSON, DateTime, bindparam, create_engine, event, text
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
 from alignment.errors import AlignError
 from labeling_ui.store.schema import (
     SESSION_LIFETIME,
-    AuditEntry,
     Base,
     default_db_url,
+    now,
 )
 
 
@@ -57,7 +55,7 @@ ADDED_COLUMNS = (
 def _add_missing_columns(engine: Engine) -> None:
     """Add the columns of ``ADDED_COLUMNS`` an older database lacks, so it keeps working (new tables
     come from ``create_all``)."""
-    from sqlalchemy import inspect, text
+    from sqlalchemy import inspect
 
     inspector = inspect(engine)
     present = {table: {c["name"] for c in inspector.get_columns(table)} for table, _, _ in ADDED_COLUMNS}
@@ -86,6 +84,26 @@ class SecuritySettings(BaseModel):
         if value <= timedelta(0):
             raise ValueError("must be longer than zero")
         return value
+
+
+class SessionCache:
+    """Known API sessions of this process (token hash -> (user, expiry)), the ``size`` most recent."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size, self._entries, self._lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, token_hash: str) -> Any:
+        with self._lock:
+            entry = self._entries.get(token_hash)
+            if entry is not None:
+                self._entries.move_to_end(token_hash)
+            return entry
+
+    def put(self, token_hash: str, entry: Any) -> None:
+        with self._lock:
+            self._entries[token_hash] = entry
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
 
 
 class Store:
@@ -119,6 +137,7 @@ class Store:
         # SQLite has one writer at a time; queueing writers of this process on a lock is fair and
         # fast, where SQLite's own busy handler polls with growing sleeps (seconds of tail latency).
         self._write_lock = threading.Lock()
+        self.sessions = SessionCache()
 
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator[Session]:
@@ -130,11 +149,29 @@ class Store:
             with Session(bind=connection, expire_on_commit=False) as session, session.begin():
                 yield session
 
+    @contextmanager
+    def write_connection(self) -> Iterator[Connection]:
+        """One write transaction on a plain connection, for the hot paths (claim, submit) that run
+        prepared SQL (``text``) and skip the ORM's per-statement work; same lock and BEGIN as
+        :meth:`transaction`."""
+        lock = self._write_lock if self.is_sqlite else nullcontext()
+        with lock, self.engine.connect() as connection, connection.execution_options(
+            sqlite_begin="IMMEDIATE"
+        ).begin():
+            yield connection
+
     def close(self) -> None:
         self.engine.dispose()
 
 
-def audit(session: Session, user_name: str, action: str, **detail: Any) -> None:
-    session.add(AuditEntry(user_name=user_name, action=action, detail=detail))
+AUDIT_INSERT = text(
+    "INSERT INTO audit (at, user_name, action, detail) VALUES (:at, :user_name, :action, :detail)"
+).bindparams(bindparam("at", type_=DateTime), bindparam("detail", type_=JSON))
+
+
+def audit(session: Session | Connection, user_name: str, action: str, **detail: Any) -> None:
+    """One audit entry, inserted now (a plain INSERT, cheaper than an ORM object flushed at commit)."""
+    connection = session.connection() if isinstance(session, Session) else session
+    connection.execute(AUDIT_INSERT, {"at": now(), "user_name": user_name, "action": action, "detail": detail})
 
 

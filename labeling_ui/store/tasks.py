@@ -8,22 +8,16 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, StrictInt, ValidationError, field_validator
-from sqlalchemy import (
-    select,
-    update,
-)
+from sqlalchemy import JSON, DateTime, bindparam, select, text, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from alignment.errors import AlignError
 from labeling_ui.store.engine import Store, audit
-from labeling_ui.store.items import get_project
 from labeling_ui.store.schema import (
     Assignment,
-    Candidate,
     Item,
-    Project,
-    Ranking,
     User,
     now,
 )
@@ -40,18 +34,55 @@ class Task(BaseModel):
     render: str = "text"  # the project's display mode: "text" (as written) or "markdown"
 
 
-def _task(session: Session, assignment: Assignment, project: Project) -> Task:
-    item = session.get(Item, assignment.item_id)
-    candidates = list(
-        session.scalars(select(Candidate).where(Candidate.item_id == item.id).order_by(Candidate.position))
-    )
-    random.Random(f"{assignment.user_id}:{item.id}").shuffle(candidates)
+# The hot paths (claim, submit) run these prepared statements on a plain connection: the same SQL on
+# SQLite and PostgreSQL, no ORM objects, no expression building per request.
+_PROJECT = text("SELECT id, name, guidelines, annotations_per_item, render FROM projects WHERE name = :name")
+_OPEN_ASSIGNMENT = text(
+    "SELECT a.id, a.item_id FROM assignments a JOIN items i ON i.id = a.item_id"
+    " WHERE i.project_id = :project AND a.user_id = :user AND a.status = 'active' LIMIT 1"
+)
+_CLAIMABLE = (
+    "SELECT free.id FROM items free WHERE free.project_id = :project AND free.slots_taken < :m"
+    " AND free.id NOT IN (SELECT item_id FROM assignments WHERE user_id = :user)"
+)
+_TAKE_SLOT = (  # the fullest claimable item; {lock}: FOR UPDATE SKIP LOCKED on PostgreSQL
+    "UPDATE items SET slots_taken = slots_taken + 1"
+    f" WHERE id = ({_CLAIMABLE} ORDER BY free.slots_taken DESC, free.id LIMIT 1{{lock}})"
+    " AND slots_taken < :m RETURNING id"
+)
+_TAKE_SLOT_SQLITE = text(_TAKE_SLOT.format(lock=""))  # one writer at a time: nothing to skip
+_TAKE_SLOT_POSTGRESQL = text(_TAKE_SLOT.format(lock=" FOR UPDATE SKIP LOCKED"))
+_ANY_CLAIMABLE = text(_CLAIMABLE + " LIMIT 1")
+_INSERT_ASSIGNMENT = text(
+    "INSERT INTO assignments (item_id, user_id, status, reason, created_at)"
+    " VALUES (:item, :user, 'active', '', :at) RETURNING id"
+).bindparams(bindparam("at", type_=DateTime))
+_TASK_TEXTS = text(
+    "SELECT i.prompt, c.id, c.text FROM items i JOIN candidates c ON c.item_id = i.id"
+    " WHERE i.id = :item ORDER BY c.position"
+)
+_CLOSE_SUBMITTED = text(
+    "UPDATE assignments SET status = 'submitted', finished_at = :at"
+    " WHERE id = :assignment AND user_id = :user AND status = 'active' RETURNING item_id"
+).bindparams(bindparam("at", type_=DateTime))
+_ASSIGNMENT_STATE = text("SELECT user_id, status FROM assignments WHERE id = :assignment")
+_CANDIDATE_IDS = text("SELECT id FROM candidates WHERE item_id = :item")
+_INSERT_RANKING = text(
+    "INSERT INTO rankings (assignment_id, item_id, user_id, ranks, created_at)"
+    " VALUES (:assignment, :item, :user, :ranks, :at) RETURNING id"
+).bindparams(bindparam("ranks", type_=JSON), bindparam("at", type_=DateTime))
+
+
+def _task(connection: Connection, assignment_id: int, item_id: int, user_id: int, project: Any) -> Task:
+    rows = connection.execute(_TASK_TEXTS, {"item": item_id}).all()
+    candidates = [{"id": row.id, "text": row.text} for row in rows]
+    random.Random(f"{user_id}:{item_id}").shuffle(candidates)
     return Task(
-        assignment_id=assignment.id,
+        assignment_id=assignment_id,
         project=project.name,
         guidelines=project.guidelines,
-        prompt=item.prompt,
-        candidates=[{"id": c.id, "text": c.text} for c in candidates],
+        prompt=rows[0].prompt,
+        candidates=candidates,
         render=project.render,
     )
 
@@ -59,52 +90,32 @@ def _task(session: Session, assignment: Assignment, project: Project) -> Task:
 def claim_next(store: Store, user: User, project_name: str, *, attempts: int = 20) -> Task | None:
     """The annotator's open task in the project, or a newly claimed one; None when nothing is left.
 
-    The slot is taken by ``UPDATE items SET slots_taken = slots_taken + 1 WHERE slots_taken < M``:
-    only one of two racing annotators can take the last slot.
+    One write transaction. The slot is taken by ``UPDATE items SET slots_taken = slots_taken + 1
+    WHERE id = (the fullest claimable item) AND slots_taken < M``: only one of two racing annotators
+    can take the last slot. On PostgreSQL the inner select is ``FOR UPDATE SKIP LOCKED``, so racing
+    claims take different items instead of queueing on one row (SQLite has one writer at a time).
     """
+    take_slot = _TAKE_SLOT_SQLITE if store.is_sqlite else _TAKE_SLOT_POSTGRESQL
     for _ in range(attempts):
         try:
-            with store.transaction() as session:
-                project = get_project(session, project_name)
-                open_assignment = session.scalar(
-                    select(Assignment)
-                    .join(Item, Item.id == Assignment.item_id)
-                    .where(
-                        Item.project_id == project.id,
-                        Assignment.user_id == user.id,
-                        Assignment.status == "active",
-                    )
-                )
+            with store.write_connection() as connection:
+                project = connection.execute(_PROJECT, {"name": project_name}).first()
+                if project is None:
+                    raise AlignError(f"no project named {project_name!r}")
+                keys = {"project": project.id, "user": user.id, "m": project.annotations_per_item}
+                open_assignment = connection.execute(_OPEN_ASSIGNMENT, keys).first()
                 if open_assignment is not None:
-                    return _task(session, open_assignment, project)
-                seen = select(Assignment.item_id).where(Assignment.user_id == user.id)
-                candidates = list(
-                    session.scalars(
-                        select(Item.id)
-                        .where(
-                            Item.project_id == project.id,
-                            Item.slots_taken < project.annotations_per_item,
-                            Item.id.not_in(seen),
-                        )
-                        .order_by(Item.slots_taken.desc(), Item.id)
-                        .limit(16)
-                    )
-                )
-                if not candidates:
-                    return None
-                random.shuffle(candidates)  # spread racing annotators over items
-                for item_id in candidates:
-                    taken = session.execute(
-                        update(Item)
-                        .where(Item.id == item_id, Item.slots_taken < project.annotations_per_item)
-                        .values(slots_taken=Item.slots_taken + 1)
-                    ).rowcount
-                    if taken:
-                        assignment = Assignment(item_id=item_id, user_id=user.id, status="active")
-                        session.add(assignment)
-                        session.flush()
-                        audit(session, user.name, "claim", project=project.name, item_id=item_id)
-                        return _task(session, assignment, project)
+                    return _task(connection, open_assignment.id, open_assignment.item_id, user.id, project)
+                item_id = connection.execute(take_slot, keys).scalar()
+                if item_id is None:
+                    if connection.execute(_ANY_CLAIMABLE, keys).first() is None:
+                        return None
+                    continue  # every claimable item is being claimed by others right now: look again
+                assignment_id = connection.execute(
+                    _INSERT_ASSIGNMENT, {"item": item_id, "user": user.id, "at": now()}
+                ).scalar_one()
+                audit(connection, user.name, "claim", project=project.name, item_id=item_id)
+                return _task(connection, assignment_id, item_id, user.id, project)
         except IntegrityError:
             continue  # the same annotator claimed in two tabs at once: try again
     return None
@@ -170,14 +181,22 @@ def _own_active_assignment(session: Session, user: User, assignment_id: int) -> 
 
 
 def submit_ranking(store: Store, user: User, assignment_id: int, ranking: RankingInput | dict | str) -> int:
-    """Store a complete ranking for the annotator's open task; returns the ranking id."""
+    """Store a complete ranking for the annotator's open task; returns the ranking id.
+
+    One write transaction: close the assignment (only if it is the annotator's and still active), check
+    the ranks against the item's candidates (a wrong ranking rolls everything back), insert the ranking.
+    """
     if not isinstance(ranking, RankingInput):
         ranking = parse_ranking(ranking)
-    with store.transaction() as session:
-        assignment = _own_active_assignment(session, user, assignment_id)
-        candidate_ids = set(
-            session.scalars(select(Candidate.id).where(Candidate.item_id == assignment.item_id))
-        )
+    with store.write_connection() as connection:
+        keys = {"assignment": assignment_id, "user": user.id, "at": now()}
+        item_id = connection.execute(_CLOSE_SUBMITTED, keys).scalar()
+        if item_id is None:
+            state = connection.execute(_ASSIGNMENT_STATE, keys).first()
+            if state is None or state.user_id != user.id:
+                raise AlignError(f"task {assignment_id} is not yours")
+            raise AlignError(f"task {assignment_id} is already {state.status}")
+        candidate_ids = set(connection.execute(_CANDIDATE_IDS, {"item": item_id}).scalars())
         given = set(ranking.ranks)
         if given != candidate_ids:
             missing, extra = sorted(candidate_ids - given), sorted(given - candidate_ids)
@@ -188,23 +207,10 @@ def submit_ranking(store: Store, user: User, assignment_id: int, ranking: Rankin
             )
         if max(ranking.ranks.values()) > len(candidate_ids):
             raise AlignError(f"ranks go from 1 to {len(candidate_ids)}")
-        done = session.execute(
-            update(Assignment)
-            .where(Assignment.id == assignment.id, Assignment.status == "active")
-            .values(status="submitted", finished_at=now())
-        ).rowcount
-        if not done:
-            raise AlignError(f"task {assignment_id} was closed meanwhile")
-        row = Ranking(
-            assignment_id=assignment.id,
-            item_id=assignment.item_id,
-            user_id=user.id,
-            ranks={str(k): v for k, v in ranking.ranks.items()},
-        )
-        session.add(row)
-        session.flush()
-        audit(session, user.name, "submit", assignment_id=assignment.id, item_id=assignment.item_id)
-        return row.id
+        ranks = {str(k): v for k, v in ranking.ranks.items()}
+        ranking_id = connection.execute(_INSERT_RANKING, {**keys, "item": item_id, "ranks": ranks}).scalar_one()
+        audit(connection, user.name, "submit", assignment_id=assignment_id, item_id=item_id)
+        return ranking_id
 
 
 def release(store: Store, user: User, assignment_id: int, status: str, reason: str) -> None:

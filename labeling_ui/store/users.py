@@ -128,19 +128,33 @@ def create_api_session(store: Store, user: User) -> str:
     return token
 
 
-def user_for_token(store: Store, token: str) -> User | None:
-    """The token's user; None for an unknown token; raises :class:`SessionExpired` for an expired one."""
-    with store.transaction(write=False) as session:
-        api_session = session.get(ApiSession, hashlib.sha256(token.encode()).hexdigest())
-        if api_session is None:
-            return None
-        if api_session.expires_at <= now():
-            minutes = round(store.security.session_ttl.total_seconds() / 60)
-            raise SessionExpired(
-                f"session expired at {api_session.expires_at.isoformat(timespec='seconds')} UTC "
-                f"(sessions last {minutes} minutes); log in again: POST /api/v1/login"
-            )
-        return session.get(User, api_session.user_id)
+def user_for_token(store: Store, token: str, *, cached_only: bool = False) -> User | None:
+    """The token's user; None for an unknown token; raises :class:`SessionExpired` for an expired one.
+    ``cached_only``: None unless the token is in the cache (no I/O: safe on an event loop).
+
+    A known token is remembered in the process (``store.sessions``) with its expiry, so a request
+    costs one SHA-256 and a dict look-up, not a database transaction. Sessions are never revoked before
+    they expire and users never change, so the cached answer is the database's answer.
+    """
+    token_hash = hashlib.sha256(token.encode()).hexdigest()
+    known = store.sessions.get(token_hash)
+    if known is None and cached_only:
+        return None
+    if known is None:
+        with store.transaction(write=False) as session:
+            api_session = session.get(ApiSession, token_hash)
+            if api_session is None:
+                return None
+            known = (session.get(User, api_session.user_id), api_session.expires_at)
+        store.sessions.put(token_hash, known)
+    user, expires_at = known
+    if expires_at <= now():
+        minutes = round(store.security.session_ttl.total_seconds() / 60)
+        raise SessionExpired(
+            f"session expired at {expires_at.isoformat(timespec='seconds')} UTC "
+            f"(sessions last {minutes} minutes); log in again: POST /api/v1/login"
+        )
+    return user
 
 
 def require_admin(user: User) -> None:
