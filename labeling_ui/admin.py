@@ -5,17 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 from labeling_ui import store as st
-from labeling_ui.agreement import consensus, pairwise_tau, ranking_alpha
+from labeling_ui.agreement import candidate_alpha, consensus, pairwise_tau
 from labeling_ui.arena import arena_votes
 from labeling_ui.leaderboard import leaderboard
 
 
+def _rounded(value: float) -> float | None:
+    return None if value != value else round(value, 4)
+
+
 def agreement_report(store: st.Store, project: str) -> dict[str, Any]:
-    """Kendall tau-b per pair of annotators, Krippendorff's alpha (ordinal and interval), consensus per item."""
+    """Ranking projects: Kendall tau-b per pair of annotators, Krippendorff's alpha (ordinal and interval),
+    consensus per item. Rating projects: :func:`rating_report`."""
+    with store.transaction(write=False) as session:
+        settings = st.get_project(session, project)
+    if settings.feedback == "rating":
+        return rating_report(store, project, settings.rating_scale or 5, settings.rating_threshold or 1)
     items = st.ranked_items(store, project)
     shared = [item.rankings for item in items if len(item.rankings) >= 2]
-    alpha_ordinal = ranking_alpha(shared, "ordinal") if shared else float("nan")
-    alpha_interval = ranking_alpha(shared, "interval") if shared else float("nan")
+    alpha_ordinal = candidate_alpha(shared, "ordinal") if shared else float("nan")
+    alpha_interval = candidate_alpha(shared, "interval") if shared else float("nan")
     consensus_rows = []
     for item in items:
         order = consensus(item.rankings)
@@ -34,10 +43,43 @@ def agreement_report(store: st.Store, project: str) -> dict[str, Any]:
         )
     return {
         "project": project,
-        "alpha_ordinal": None if alpha_ordinal != alpha_ordinal else round(alpha_ordinal, 4),
-        "alpha_interval": None if alpha_interval != alpha_interval else round(alpha_interval, 4),
+        "feedback": "ranking",
+        "alpha_ordinal": _rounded(alpha_ordinal),
+        "alpha_interval": _rounded(alpha_interval),
         "kendall_tau": pairwise_tau(shared),
         "consensus": consensus_rows,
+    }
+
+
+def rating_report(store: st.Store, project: str, scale: int, threshold: int) -> dict[str, Any]:
+    """A rating project: Krippendorff's alpha over candidates (nominal for thumbs, ordinal for 1 to 5) and,
+    per item, each candidate's mean rating and export label (the annotators' majority; ties left out)."""
+    from labeling_ui.export import desirable
+
+    items = st.rated_items(store, project)
+    shared = [item.ratings for item in items if len(item.ratings) >= 2]
+    level = "nominal" if scale == 2 else "ordinal"
+    alpha = candidate_alpha(shared, level) if shared else float("nan")
+    rows = []
+    for item in items:
+        for candidate, text in item.candidates.items():
+            given = [scores[candidate] for scores in item.ratings.values() if candidate in scores]
+            label = desirable(given, threshold)
+            rows.append({
+                "item": item.external_id,
+                "prompt": item.prompt[:80],
+                "annotators": len(given),
+                "consensus": f"{text[:40]!r}: mean {sum(given) / len(given):.2f}, "
+                             + ("tie (left out)" if label is None else "desirable" if label else "undesirable"),
+            })
+    return {
+        "project": project,
+        "feedback": "rating",
+        "rating_scale": scale,
+        "alpha_level": level,
+        "alpha": _rounded(alpha),
+        "kendall_tau": [],
+        "consensus": rows,
     }
 
 

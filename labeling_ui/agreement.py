@@ -1,6 +1,7 @@
 """Inter-annotator agreement and consensus rankings.
 
-Rankings are dicts candidate id -> rank (1 best; equal ranks are ties).
+Rankings are dicts candidate id -> rank (1 best; equal ranks are ties); ratings are dicts candidate
+id -> rating (thumbs 0/1, or 1 to 5).
 """
 
 from __future__ import annotations
@@ -92,8 +93,9 @@ def _distance(categories: list[float], totals: Mapping[float, float], level: Lev
     raise ValueError(f"unknown level {level!r}")
 
 
-def ranking_alpha(items: Sequence[Mapping[str, Mapping[int, int]]], level: Level = "ordinal") -> float:
-    """Alpha for rankings: each (item, candidate) is a unit, each annotator's rank of it a value."""
+def candidate_alpha(items: Sequence[Mapping[str, Mapping[int, int]]], level: Level = "ordinal") -> float:
+    """Alpha for rankings or ratings: each (item, candidate) is a unit, each annotator's rank or rating of
+    it a value (ratings: nominal for thumbs, ordinal for 1 to 5)."""
     units: list[list[float | None]] = []
     for rankings in items:
         candidates = {c for ranks in rankings.values() for c in ranks}

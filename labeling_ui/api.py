@@ -3,11 +3,13 @@
 POST /api/v1/login                         {"name", "password"} -> {"token", "role", "expires_in"}
 POST /api/v1/projects/{project}/next       -> {"task": {...} | null}
 POST /api/v1/tasks/{id}/submit             {"ranks": {candidate_id: rank}} -> {"ranking_id"}
+POST /api/v1/tasks/{id}/ratings            {"ratings": {candidate_id: rating}} -> {"rating_id"} (rating projects)
 POST /api/v1/tasks/{id}/skip | /flag       {"reason"}
 GET  /api/v1/projects/{project}/me         own progress
 POST /api/v1/projects/{project}/battles/next  -> {"battle": {...} | null} (no model names)
 POST /api/v1/battles/{id}/vote             {"vote": "a" | "b" | "tie" | "both_bad"} -> models revealed
-GET  /api/v1/admin/...                     progress, agreement, leaderboard, rankings, export, users, audit,
+GET  /api/v1/admin/...                     progress, agreement, leaderboard, rankings, export (?format=pairs|kto),
+                                           users, audit,
                                            login locks (admins only); POST /api/v1/admin/unlock {"name" | "address"}
 
 Errors are ``{"detail": "..."}``: 400 bad input, 401 not logged in or session expired, 403 not an admin,
@@ -16,7 +18,7 @@ Errors are ``{"detail": "..."}``: 400 bad input, 401 not logged in or session ex
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import StrictStr
@@ -26,7 +28,7 @@ from alignment.errors import AlignError
 from labeling_ui import arena
 from labeling_ui import store as st
 from labeling_ui.admin import agreement_report, leaderboard_report
-from labeling_ui.export import export_pairs, jsonl_text
+from labeling_ui.export import export_rows, jsonl_text
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -118,6 +120,13 @@ def build_router(store: st.Store) -> APIRouter:
             )
         return {"ranking_id": st.submit_ranking(store, user, assignment_id, ranks)}
 
+    @router.post("/tasks/{assignment_id}/ratings")
+    def rate(assignment_id: int, user: User, body: Annotated[Any, Body()] = None) -> dict[str, int]:
+        ratings = body.get("ratings") if isinstance(body, dict) else None
+        if ratings is None:
+            raise AlignError('send {"ratings": {"<candidate id>": <rating>, ...}} with a rating for every candidate')
+        return {"rating_id": st.submit_ratings(store, user, assignment_id, ratings)}
+
     @router.post("/tasks/{assignment_id}/skip")
     def skip(assignment_id: int, user: User, reason: Annotated[str, Body(embed=True)] = "") -> dict[str, str]:
         st.release(store, user, assignment_id, "skipped", reason)
@@ -154,8 +163,10 @@ def build_router(store: st.Store) -> APIRouter:
         return [item.model_dump() for item in st.ranked_items(store, project, annotator)]
 
     @router.get("/admin/projects/{project}/export")
-    def export(project: str, admin: Admin, mode: str = "all") -> PlainTextResponse:
-        rows = export_pairs(store, project, mode, admin.name, lambda _: "(http)")  # type: ignore[arg-type]
+    def export(
+        project: str, admin: Admin, mode: str = "all", kind: Annotated[str, Query(alias="format")] = "pairs"
+    ) -> PlainTextResponse:
+        rows = export_rows(store, project, kind, admin.name, lambda _: "(http)", mode)  # type: ignore[arg-type]
         return PlainTextResponse(jsonl_text(rows), media_type="application/jsonl")
 
     @router.get("/admin/users")

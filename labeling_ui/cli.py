@@ -90,6 +90,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     importer.add_argument("--render", choices=["text", "markdown"], default=None,
                           help="how prompts and candidates are shown: text, exactly as written (new projects), "
                           "or Markdown with raw HTML shown as text")
+    importer.add_argument("--feedback", choices=["ranking", "rating"], default=None,
+                          help="ranking: annotators rank all candidates (new projects); rating: they rate each one")
+    importer.add_argument("--rating-scale", type=int, choices=[2, 5], default=None,
+                          help="rating projects: 2 (thumbs: 0 down, 1 up) or 5 (1 to 5, the default)")
+    importer.add_argument("--rating-threshold", type=int, default=None,
+                          help="rating projects: a rating at or above it is desirable in the KTO export (default 4)")
     importer.set_defaults(func=_import)
 
     generate = with_db(commands.add_parser(
@@ -111,16 +117,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     generate.add_argument("--arena", action="store_true", help=ARENA_HELP)
     generate.set_defaults(func=_generate)
 
-    export = with_db(commands.add_parser("export", help="export rankings as TRL preference pairs"))
-    export.add_argument("project")
-    export.add_argument("--out", required=True, help="output file, .jsonl or .parquet")
+    export = with_db(commands.add_parser(
+        "export", help="export rankings as TRL preference pairs, or ratings as TRL's unpaired KTO rows"))
+    export.add_argument("project", nargs="?", help="the project (or --project)")
+    export.add_argument("--project", dest="project_option", metavar="PROJECT", help="the project")
+    export.add_argument("--out", "-o", required=True, help="output file, .jsonl or .parquet")
     export.add_argument(
         "--mode",
         choices=["all", "consensus"],
         default="all",
         help="all: every ordered pair of every ranking; consensus: pairs of the mean-rank consensus",
     )
-    export.add_argument("--format", choices=["jsonl", "parquet"], help="default: from the file suffix")
+    export.add_argument(
+        "--format",
+        choices=["pairs", "kto", "jsonl", "parquet"],
+        help="pairs: preference pairs (prompt/chosen/rejected, the default); kto: rating projects as "
+        "prompt/completion/label rows; jsonl or parquet: pairs in that file type (default: from the suffix)",
+    )
     export.set_defaults(func=_export)
 
     board = with_db(commands.add_parser("leaderboard", help="arena leaderboard: Elo and Bradley-Terry ratings"))
@@ -215,6 +228,9 @@ def _import(args: argparse.Namespace) -> int:
         annotations_per_item=args.annotations_per_item,
         guidelines=guidelines,
         render=args.render,
+        feedback=args.feedback,
+        rating_scale=args.rating_scale,
+        rating_threshold=args.rating_threshold,
     )
     print(f"{args.project}: added {counts['added']} items, skipped {counts['skipped']} already present")
     _make_battles(args, store)
@@ -250,8 +266,14 @@ def _generate(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from labeling_ui.export import export_project
 
-    pairs = export_project(_store(args), args.project, args.out, mode=args.mode, file_format=args.format)
-    print(f"wrote {pairs} preference pairs to {args.out}")
+    project = args.project_option or args.project
+    if not project or (args.project_option and args.project and args.project_option != args.project):
+        raise AlignError("name one project: align label export PROJECT --out FILE (or --project PROJECT)")
+    kind = args.format if args.format in ("pairs", "kto") else "pairs"
+    file_format = args.format if args.format in ("jsonl", "parquet") else None
+    count = export_project(_store(args), project, args.out, mode=args.mode, file_format=file_format, kind=kind)
+    what = {"pairs": "preference pairs", "kto": "KTO rows (prompt, completion, label)"}[kind]
+    print(f"wrote {count} {what} to {args.out}")
     return 0
 
 

@@ -1,8 +1,12 @@
-"""Rankings -> preference pairs in TRL's ``prompt``/``chosen``/``rejected`` format (JSONL or Parquet).
+"""Feedback -> training data in TRL's formats (JSONL or Parquet).
+
+- ``pairs``: rankings -> preference pairs, ``prompt``/``chosen``/``rejected`` (DPO, reward models).
+- ``kto``: ratings -> unpaired feedback, ``prompt``/``completion``/``label`` (KTO): one row per rated
+  candidate, labelled by the majority of its annotators.
 
 The prompt is exported in the form it was imported: text (TRL's standard format, trained without a
-chat template) or, for items imported with ``messages``, the chat messages, with chosen and rejected
-as one assistant message each (TRL's conversational format).
+chat template) or, for items imported with ``messages``, the chat messages, with every answer as one
+assistant message (TRL's conversational format).
 """
 
 from __future__ import annotations
@@ -15,13 +19,29 @@ from typing import Any, Literal
 from alignment.errors import AlignError
 from alignment.preference_data import ranking_pairs
 from labeling_ui.agreement import consensus
-from labeling_ui.store import RankedItem, Store, audit, ranked_items
+from labeling_ui.store import (
+    ItemView,
+    RankedItem,
+    RatedItem,
+    Store,
+    audit,
+    get_project,
+    ranked_items,
+    rated_items,
+)
 
 Mode = Literal["all", "consensus"]
+Kind = Literal["pairs", "kto"]
+KINDS = ("pairs", "kto")
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
-def _response(item: RankedItem, text: str) -> str | list[dict[str, str]]:
+def _prompt(item: ItemView) -> str | list[dict[str, Any]]:
+    """The prompt as imported: its chat messages, or its text."""
+    return item.prompt_messages or item.prompt
+
+
+def _response(item: ItemView, text: str) -> str | list[dict[str, str]]:
     """A candidate as the row's format needs it: text, or one assistant message after a chat prompt."""
     return [{"role": "assistant", "content": text}] if item.prompt_messages else text
 
@@ -37,12 +57,45 @@ def preference_rows(items: Sequence[RankedItem], mode: Mode = "all") -> list[dic
             for better, worse in ranking_pairs(ranks):
                 rows.append(
                     {
-                        "prompt": item.prompt_messages or item.prompt,
+                        "prompt": _prompt(item),
                         "chosen": _response(item, item.candidates[better]),
                         "rejected": _response(item, item.candidates[worse]),
                     }
                 )
     return rows
+
+
+def desirable(ratings: Sequence[int], threshold: int) -> bool | None:
+    """The majority label of one candidate: True when more annotators rated it at or above ``threshold``
+    (thumbs: 1, up) than below, False when fewer, None on an exact tie (the candidate is left out)."""
+    up = sum(rating >= threshold for rating in ratings)
+    down = len(ratings) - up
+    return None if up == down else up > down
+
+
+def kto_rows(items: Sequence[RatedItem], threshold: int) -> list[dict[str, Any]]:
+    """TRL's unpaired format: ``{"prompt", "completion", "label"}`` per rated candidate (ties left out)."""
+    rows = []
+    for item in items:
+        for candidate, text in item.candidates.items():
+            given = [scores[candidate] for scores in item.ratings.values() if candidate in scores]
+            label = desirable(given, threshold) if given else None
+            if label is not None:
+                rows.append({"prompt": _prompt(item), "completion": _response(item, text), "label": label})
+    return rows
+
+
+def _column_type(name: str, values: list[Any]):
+    """A Parquet column: booleans (``label``), chat messages, or text; one type per column."""
+    import pyarrow as pa
+
+    if values and all(isinstance(value, bool) for value in values):
+        return pa.bool_()
+    if any(isinstance(value, list) for value in values):
+        if not all(isinstance(value, list) for value in values):
+            raise AlignError("the project mixes text and chat prompts; export it as .jsonl (Parquet needs one type)")
+        return pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    return pa.string()
 
 
 def write_rows(rows: list[dict[str, Any]], path: str | Path, file_format: str | None = None) -> Path:
@@ -61,13 +114,8 @@ def write_rows(rows: list[dict[str, Any]], path: str | Path, file_format: str | 
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if any(isinstance(row["prompt"], list) for row in rows):
-            if not all(isinstance(row["prompt"], list) for row in rows):
-                raise AlignError("the project mixes text and chat prompts; export it as .jsonl (Parquet needs one type)")
-            column = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-        else:
-            column = pa.string()
-        schema = pa.schema([("prompt", column), ("chosen", column), ("rejected", column)])
+        columns = list(rows[0]) if rows else ["prompt", "chosen", "rejected"]
+        schema = pa.schema([(name, _column_type(name, [row[name] for row in rows])) for name in columns])
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), temporary)
     temporary.replace(path)
     return path
@@ -80,21 +128,49 @@ def export_project(
     *,
     mode: Mode = "all",
     file_format: str | None = None,
+    kind: Kind = "pairs",
     by: str = "cli",
 ) -> int:
-    """Export a project's rankings as preference pairs; returns the number of pairs written."""
-    return len(export_pairs(store, project, mode, by, lambda rows: write_rows(rows, out, file_format).name))
+    """Export a project's feedback as ``kind`` rows (pairs or kto) to a file; returns the number of rows."""
+    def deliver(rows: list[dict[str, Any]]) -> str:
+        return write_rows(rows, out, file_format).name
+
+    return len(export_rows(store, project, kind, by, deliver, mode))
+
+
+def export_kto(store: Store, project: str, out: str | Path, *, by: str = "cli") -> int:
+    """Export a rating project as TRL's unpaired KTO rows; returns the number of rows written."""
+    return export_project(store, project, out, kind="kto", by=by)
+
+
+def project_rows(store: Store, project: str, kind: Kind, mode: Mode = "all") -> list[dict[str, Any]]:
+    """A project's rows of one kind: ``pairs`` from rankings, ``kto`` from ratings."""
+    if kind == "pairs":
+        return preference_rows(ranked_items(store, project), mode)
+    if kind == "kto":
+        with store.transaction(write=False) as session:
+            settings = get_project(session, project)
+        if settings.feedback != "rating":
+            raise AlignError(f"project {project!r} collects rankings: export it as preference pairs, not kto")
+        return kto_rows(rated_items(store, project), settings.rating_threshold)
+    raise AlignError(f"export format must be one of {', '.join(KINDS)}, not {kind!r}")
+
+
+def export_rows(store: Store, project: str, kind: Kind, by: str, deliver: Callable[[list[dict[str, Any]]], str],
+                mode: Mode = "all") -> list[dict[str, Any]]:
+    """A project's rows, handed to ``deliver`` (which returns where they went: a file name, ``(http)``),
+    then recorded in the audit log. Every export (CLI, HTTP API, Gradio API, admin tab) comes here."""
+    rows = project_rows(store, project, kind, mode)
+    target = deliver(rows)
+    with store.transaction() as session:
+        audit(session, by, "export", project=project, kind=kind, mode=mode, rows=len(rows), file=target)
+    return rows
 
 
 def export_pairs(store: Store, project: str, mode: Mode, by: str, deliver: Callable[[list[dict[str, Any]]], str]
                  ) -> list[dict[str, Any]]:
-    """A project's preference pairs, handed to ``deliver`` (which returns where they went: a file name,
-    ``(http)``), then recorded in the audit log. Every export (CLI, HTTP API, Gradio API) comes here."""
-    rows = preference_rows(ranked_items(store, project), mode)
-    target = deliver(rows)
-    with store.transaction() as session:
-        audit(session, by, "export", project=project, mode=mode, pairs=len(rows), file=target)
-    return rows
+    """A project's preference pairs, delivered and audit-logged as :func:`export_rows` does."""
+    return export_rows(store, project, "pairs", by, deliver, mode)
 
 
 def jsonl_text(rows: Sequence[dict[str, Any]]) -> str:

@@ -62,6 +62,13 @@ def register_api(store: st.Store) -> None:
         )
 
     @guarded
+    def rate(assignment_id: int, ratings: str, request: gr.Request) -> str:
+        """Submit ratings (rating projects): JSON {candidate id: rating}, thumbs 0/1 or 1 to 5."""
+        return json.dumps(
+            {"rating_id": st.submit_ratings(store, current_user(store, request), int(assignment_id), ratings)}
+        )
+
+    @guarded
     def skip(assignment_id: int, reason: str, request: gr.Request) -> str:
         """Skip your open item."""
         st.release(store, current_user(store, request), int(assignment_id), "skipped", reason)
@@ -124,6 +131,7 @@ def register_api(store: st.Store) -> None:
     for fn in (
         claim,
         submit,
+        rate,
         skip,
         flag,
         my_progress,

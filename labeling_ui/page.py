@@ -340,7 +340,7 @@ def build_blocks(store: st.Store) -> gr.Blocks:
             text = (
                 f"**{project_name}**: {progress_data['done']} / {progress_data['needed']} annotations "
                 f"({progress_data['percent']}%), {progress_data['items']} items x M={progress_data['annotations_per_item']}. "
-                f"Krippendorff's alpha: ordinal {report['alpha_ordinal']}, interval {report['alpha_interval']}."
+                + _alpha_text(report)
             )
             board = leaderboard_report(store, project_name)
             if board["votes"]:
@@ -396,6 +396,14 @@ def build_blocks(store: st.Store) -> gr.Blocks:
 
         register_api(store)
     return blocks
+
+
+def _alpha_text(report: dict[str, Any]) -> str:
+    """Krippendorff's alpha as the admin summary says it: of rankings (ordinal, interval) or of ratings."""
+    if report["feedback"] == "rating":
+        scale = "thumbs" if report["rating_scale"] == 2 else "1-5"
+        return f"Ratings ({scale}), Krippendorff's alpha ({report['alpha_level']}): {report['alpha']}."
+    return f"Krippendorff's alpha: ordinal {report['alpha_ordinal']}, interval {report['alpha_interval']}."
 
 
 def _frame(rows: list[dict[str, Any]], columns: list[str]):

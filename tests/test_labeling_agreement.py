@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from labeling_ui.agreement import consensus, kendall_tau_b, krippendorff_alpha, pairwise_tau, ranking_alpha
+from labeling_ui.agreement import candidate_alpha, consensus, kendall_tau_b, krippendorff_alpha, pairwise_tau
 
 
 def test_kendall_tau_b_by_hand():
@@ -48,10 +48,10 @@ def test_perfect_and_opposed_rankings():
         {"ann": {1: 1, 2: 2, 3: 3}, "bob": {1: 1, 2: 2, 3: 3}},
         {"ann": {4: 2, 5: 1}, "bob": {4: 2, 5: 1}},
     ]
-    assert ranking_alpha(same) == pytest.approx(1.0)
+    assert candidate_alpha(same) == pytest.approx(1.0)
     assert pairwise_tau(same) == [{"annotator_a": "ann", "annotator_b": "bob", "items": 2, "tau": 1.0}]
     opposed = [{"ann": {1: 1, 2: 2, 3: 3}, "bob": {1: 3, 2: 2, 3: 1}}]
-    assert ranking_alpha(opposed) < 0
+    assert candidate_alpha(opposed) < 0
     assert pairwise_tau(opposed)[0]["tau"] == -1.0
 
 

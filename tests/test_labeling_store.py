@@ -141,21 +141,18 @@ def test_other_annotators_task_is_refused(db):
         st.submit_ranking(db, bob, task.assignment_id, ranks)
 
 
-def test_concurrent_claims_never_exceed_m(db):
-    """20 annotators race for 5 items x M=3 = 15 slots, and each submits until nothing is left."""
-    st.import_items(db, "race", make_items(5), annotations_per_item=3)
-    annotators = users(db, 20)
+def race(db: st.Store, annotators: list[st.User], project: str, submit) -> list:  # noqa: ANN001
+    """Every annotator, in a thread of its own and all at once, claims and submits (``submit(user, task)``,
+    whose results are returned) until nothing is left; fails on any error."""
     barrier = threading.Barrier(len(annotators))
-    acknowledged: list[tuple[str, int]] = []
+    acknowledged: list = []
     errors: list[BaseException] = []
 
     def work(user: st.User) -> None:
         try:
             barrier.wait()
-            while (task := st.claim_next(db, user, "race")) is not None:
-                ranks = {c["id"]: i + 1 for i, c in enumerate(task.candidates)}
-                st.submit_ranking(db, user, task.assignment_id, ranks)
-                acknowledged.append((user.name, task.assignment_id))
+            while (task := st.claim_next(db, user, project)) is not None:
+                acknowledged.append(submit(user, task))
         except BaseException as error:  # noqa: BLE001
             errors.append(error)
 
@@ -165,6 +162,18 @@ def test_concurrent_claims_never_exceed_m(db):
     for thread in threads:
         thread.join(60)
     assert not errors
+    return acknowledged
+
+
+def test_concurrent_claims_never_exceed_m(db):
+    """20 annotators race for 5 items x M=3 = 15 slots, and each submits until nothing is left."""
+    st.import_items(db, "race", make_items(5), annotations_per_item=3)
+
+    def submit(user: st.User, task: st.Task) -> tuple[str, int]:
+        st.submit_ranking(db, user, task.assignment_id, {c["id"]: i + 1 for i, c in enumerate(task.candidates)})
+        return user.name, task.assignment_id
+
+    acknowledged = race(db, users(db, 20), "race", submit)
     assert len(acknowledged) == 15
     items = st.ranked_items(db, "race")
     assert len(items) == 5 and all(len(item.rankings) == 3 for item in items)

@@ -7,24 +7,36 @@ SQLite (WAL, ``BEGIN IMMEDIATE``) and on PostgreSQL alike.
 
 Modules, each one idea: ``schema`` (tables, constants), ``engine`` (the database, transactions,
 audit writes), ``users`` (passwords, logins, API sessions), ``items`` (projects, imports),
-``throttle`` (failed logins per account and address, locks), ``tasks`` (claiming, submitting, releasing), ``reports`` (progress, rankings, flags, the audit log).
+``throttle`` (failed logins per account and address, locks), ``tasks`` (claiming, submitting rankings or ratings, releasing), ``reports`` (progress, rankings, flags, the audit log).
 Import from the package: ``from labeling_ui import store as st``.
 """
 
 from __future__ import annotations
 
 from labeling_ui.store.engine import SecuritySettings, Store, audit
-from labeling_ui.store.items import ItemRecord, get_project, import_items, list_projects, read_jsonl
+from labeling_ui.store.items import (
+    FeedbackSettings,
+    ItemRecord,
+    get_project,
+    import_items,
+    list_projects,
+    read_jsonl,
+)
 from labeling_ui.store.reports import (
+    ItemView,
     RankedItem,
+    RatedItem,
     audit_log,
     flagged_items,
     project_progress,
     ranked_items,
+    rated_items,
     user_progress,
 )
 from labeling_ui.store.schema import (
+    FEEDBACK_KINDS,
     MAX_CANDIDATES,
+    RATING_SCALES,
     RENDER_MODES,
     ROLES,
     SESSION_LIFETIME,
@@ -39,6 +51,7 @@ from labeling_ui.store.schema import (
     LoginThrottle,
     Project,
     Ranking,
+    Rating,
     User,
     Vote,
     default_db_url,
@@ -47,12 +60,15 @@ from labeling_ui.store.schema import (
 from labeling_ui.store.tasks import (
     InvalidInput,
     RankingInput,
+    RatingsInput,
     Task,
     claim_next,
     expire_stale,
     parse_ranking,
+    parse_ratings,
     release,
     submit_ranking,
+    submit_ratings,
 )
 from labeling_ui.store.throttle import LoginLocked, login_throttles, unlock
 from labeling_ui.store.users import (
@@ -77,6 +93,16 @@ __all__ = [
     "Candidate",
     "Item",
     "MAX_CANDIDATES",
+    "FEEDBACK_KINDS",
+    "RATING_SCALES",
+    "Rating",
+    "FeedbackSettings",
+    "RatingsInput",
+    "parse_ratings",
+    "submit_ratings",
+    "RatedItem",
+    "ItemView",
+    "rated_items",
     "RENDER_MODES",
     "LoginThrottle",
     "LoginLocked",

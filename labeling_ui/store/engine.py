@@ -49,6 +49,9 @@ def _configure_sqlite(engine: Engine) -> None:
 ADDED_COLUMNS = (
     ("items", "prompt_messages", "JSON"),
     ("projects", "render", "VARCHAR(16) DEFAULT 'text' NOT NULL"),
+    ("projects", "feedback", "VARCHAR(16) DEFAULT 'ranking' NOT NULL"),
+    ("projects", "rating_scale", "INTEGER"),
+    ("projects", "rating_threshold", "INTEGER"),
 )
 
 

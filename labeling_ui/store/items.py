@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 from sqlalchemy import (
     select,
 )
@@ -15,7 +15,9 @@ from sqlalchemy.orm import Session
 from alignment.errors import AlignError
 from labeling_ui.store.engine import Store, audit
 from labeling_ui.store.schema import (
+    FEEDBACK_KINDS,
     MAX_CANDIDATES,
+    RATING_SCALES,
     RENDER_MODES,
     Battle,
     Candidate,
@@ -25,7 +27,8 @@ from labeling_ui.store.schema import (
 
 
 class ItemRecord(BaseModel):
-    """One line of an import file."""
+    """One line of an import file. A ranking needs two candidates or more, a rating one or more
+    (validation context ``{"min_candidates": n}``; 2 without one)."""
 
     id: str | None = None
     prompt: str = Field(min_length=1)
@@ -35,13 +38,92 @@ class ItemRecord(BaseModel):
 
     @field_validator("candidates")
     @classmethod
-    def _count(cls, value: list) -> list:
-        if not 2 <= len(value) <= MAX_CANDIDATES:
-            raise ValueError(f"need 2 to {MAX_CANDIDATES} candidates, got {len(value)}")
+    def _count(cls, value: list, info: ValidationInfo) -> list:
+        least = (info.context or {}).get("min_candidates", 2)
+        if not least <= len(value) <= MAX_CANDIDATES:
+            raise ValueError(f"need {least} to {MAX_CANDIDATES} candidates, got {len(value)}")
         for candidate in value:
             if isinstance(candidate, dict) and not candidate.get("text"):
                 raise ValueError("a candidate object needs a non-empty 'text'")
         return value
+
+
+class FeedbackSettings(BaseModel):
+    """What annotators give for an item: a ranking of its candidates, or a rating of each one."""
+
+    feedback: str | None = None
+    rating_scale: int | None = None
+    rating_threshold: int | None = None
+
+    def over(self, project: Project) -> FeedbackSettings:
+        """These settings where given, the existing project's otherwise (its threshold only on the same scale)."""
+        feedback = self.feedback or ("rating" if self.rating_scale or self.rating_threshold else project.feedback)
+        same = feedback == project.feedback == "rating"
+        scale = self.rating_scale or (project.rating_scale if same else None)
+        threshold = self.rating_threshold
+        if threshold is None and same and scale == project.rating_scale:
+            threshold = project.rating_threshold
+        return FeedbackSettings(feedback=feedback, rating_scale=scale, rating_threshold=threshold)
+
+    def checked(self) -> FeedbackSettings:
+        """These settings, completed (scale 5, threshold 4; thumbs: 1) and checked; AlignError if wrong."""
+        if self.feedback is None and (self.rating_scale or self.rating_threshold is not None):
+            return self.model_copy(update={"feedback": "rating"}).checked()
+        if self.feedback is None:
+            return FeedbackSettings(feedback="ranking")
+        if self.feedback not in FEEDBACK_KINDS:
+            raise AlignError(f"feedback must be one of {', '.join(FEEDBACK_KINDS)}, not {self.feedback!r}")
+        if self.feedback == "ranking":
+            return FeedbackSettings(feedback="ranking")
+        scale = self.rating_scale or 5
+        if scale not in RATING_SCALES:
+            raise AlignError(f"rating scale must be 2 (thumbs) or 5 (1 to 5), not {scale!r}")
+        threshold = self.rating_threshold if self.rating_threshold is not None else (1 if scale == 2 else 4)
+        lowest = 0 if scale == 2 else 1
+        if scale == 2 and threshold != 1 or not lowest < threshold <= scale:
+            raise AlignError(f"rating threshold must be from {lowest + 1} to {scale} on scale {scale}, not {threshold}"
+                             + (" (thumbs: 1, up)" if scale == 2 else ""))
+        return FeedbackSettings(feedback="rating", rating_scale=scale, rating_threshold=threshold)
+
+
+def _parse_records(records: list[dict[str, Any]], feedback: str) -> list[ItemRecord]:
+    context = {"min_candidates": 1 if feedback == "rating" else 2}
+    parsed = []
+    for line_number, record in enumerate(records, start=1):
+        try:
+            parsed.append(ItemRecord.model_validate(record, context=context))
+        except ValidationError as error:
+            problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            raise AlignError(f"record {line_number}: {problem}") from error
+    return parsed
+
+
+def _project_for_import(session: Session, name: str, settings: dict[str, Any], feedback: FeedbackSettings) -> Project:
+    """The project, created with ``settings`` and ``feedback`` or updated with those not None.
+
+    A project's feedback kind is fixed once it has items; the rating threshold can change (it only
+    decides the export's labels).
+    """
+    project = session.scalar(select(Project).where(Project.name == name))
+    if project is None:
+        project = Project(name=name, guidelines=settings["guidelines"] or "",
+                          annotations_per_item=settings["annotations_per_item"] or 3,
+                          render=settings["render"] or "text", **feedback.checked().model_dump())
+        session.add(project)
+        session.flush()
+        return project
+    for key, value in settings.items():
+        if value is not None:
+            setattr(project, key, value)
+    if feedback != FeedbackSettings():
+        feedback = feedback.over(project).checked()
+        has_items = session.scalar(select(Item.id).where(Item.project_id == project.id).limit(1)) is not None
+        if feedback.feedback != project.feedback and has_items:
+            raise AlignError(f"project {name!r} collects {project.feedback}s; its items cannot change to "
+                             f"{feedback.feedback}s (import into a new project)")
+        for key, value in feedback.model_dump().items():
+            setattr(project, key, value)
+    return project
 
 
 def import_items(
@@ -52,42 +134,28 @@ def import_items(
     annotations_per_item: int | None = None,
     guidelines: str | None = None,
     render: str | None = None,
+    feedback: str | None = None,
+    rating_scale: int | None = None,
+    rating_threshold: int | None = None,
     by: str = "cli",
 ) -> dict[str, int]:
     """Create the project if needed and add items; items whose id already exists are skipped.
 
     ``render`` (``text``, the default for a new project, or ``markdown``) sets how the project's
     prompts and candidates are shown (labeling_ui.display); None keeps an existing project's choice.
+    ``feedback``: ``ranking`` (the default for a new project) or ``rating``, with ``rating_scale`` 2
+    (thumbs: 0 down, 1 up) or 5 (1 to 5, the default) and ``rating_threshold`` (a rating at or above it
+    is desirable; default 4, thumbs 1); None keeps an existing project's choice.
     """
     if render is not None and render not in RENDER_MODES:
         raise AlignError(f"render must be one of {', '.join(RENDER_MODES)}, not {render!r}")
-    parsed: list[ItemRecord] = []
-    for line_number, record in enumerate(records, start=1):
-        try:
-            parsed.append(ItemRecord.model_validate(record))
-        except ValidationError as error:
-            problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-            raise AlignError(f"record {line_number}: {problem}") from error
+    wanted = FeedbackSettings(feedback=feedback, rating_scale=rating_scale, rating_threshold=rating_threshold)
+    settings = {"annotations_per_item": annotations_per_item, "guidelines": guidelines, "render": render}
     with store.transaction() as session:
-        project = session.scalar(select(Project).where(Project.name == project_name))
-        if project is None:
-            project = Project(
-                name=project_name,
-                guidelines=guidelines or "",
-                annotations_per_item=annotations_per_item or 3,
-                render=render or "text",
-            )
-            session.add(project)
-            session.flush()
-        else:
-            if annotations_per_item is not None:
-                project.annotations_per_item = annotations_per_item
-            if guidelines is not None:
-                project.guidelines = guidelines
-            if render is not None:
-                project.render = render
+        project = _project_for_import(session, project_name, settings, wanted)
         if project.annotations_per_item < 1:
             raise AlignError("annotations per item must be at least 1")
+        parsed = _parse_records(records, project.feedback)
         existing = set(session.scalars(select(Item.external_id).where(Item.project_id == project.id)))
         added = 0
         for line_number, record in enumerate(parsed, start=1):

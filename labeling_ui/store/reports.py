@@ -19,6 +19,7 @@ from labeling_ui.store.schema import (
     Candidate,
     Item,
     Ranking,
+    Rating,
     User,
 )
 
@@ -75,48 +76,66 @@ def project_progress(store: Store, project_name: str) -> dict[str, Any]:
     }
 
 
-class RankedItem(BaseModel):
-    """One item with its candidates and every submitted ranking, for export and agreement."""
+class ItemView(BaseModel):
+    """One item with its candidates, for export and agreement."""
 
     item_id: int
     external_id: str
     prompt: str
     prompt_messages: list[dict[str, Any]] | None = None  # the prompt as imported, when it was a chat
     candidates: dict[int, str]
+
+
+class RankedItem(ItemView):
+    """An item with every submitted ranking."""
+
     rankings: dict[str, dict[int, int]]  # annotator -> candidate id -> rank
 
 
-def ranked_items(store: Store, project_name: str, annotator: str | None = None) -> list[RankedItem]:
+class RatedItem(ItemView):
+    """An item of a rating project with every submitted rating."""
+
+    ratings: dict[str, dict[int, int]]  # annotator -> candidate id -> rating
+
+
+def _annotated_items(store: Store, project_name: str, table: type[Ranking] | type[Rating], annotator: str | None
+                     ) -> list[tuple[ItemView, dict[str, dict[int, int]]]]:
+    """The project's items with submissions in ``table`` (rankings or ratings): (item, annotator -> values)."""
+    values = Ranking.ranks if table is Ranking else Rating.scores
     with store.transaction(write=False) as session:
         project = get_project(session, project_name)
         query = (
-            select(Ranking, User.name)
-            .join(User, User.id == Ranking.user_id)
-            .join(Item, Item.id == Ranking.item_id)
+            select(table.item_id, values, User.name)
+            .join(User, User.id == table.user_id)
+            .join(Item, Item.id == table.item_id)
             .where(Item.project_id == project.id)
-            .order_by(Ranking.item_id, User.name)
+            .order_by(table.item_id, User.name)
         )
         if annotator is not None:
             query = query.where(User.name == annotator)
         by_item: dict[int, dict[str, dict[int, int]]] = {}
-        for ranking, name in session.execute(query).all():
-            by_item.setdefault(ranking.item_id, {})[name] = {int(k): v for k, v in ranking.ranks.items()}
+        for item_id, given, name in session.execute(query).all():
+            by_item.setdefault(item_id, {})[name] = {int(k): v for k, v in given.items()}
         result = []
         for item in session.scalars(select(Item).where(Item.id.in_(by_item)).order_by(Item.id)):
             candidates = session.scalars(
                 select(Candidate).where(Candidate.item_id == item.id).order_by(Candidate.position)
             )
-            result.append(
-                RankedItem(
-                    item_id=item.id,
-                    external_id=item.external_id,
-                    prompt=item.prompt,
-                    prompt_messages=item.prompt_messages,
-                    candidates={c.id: c.text for c in candidates},
-                    rankings=by_item[item.id],
-                )
-            )
+            view = ItemView(item_id=item.id, external_id=item.external_id, prompt=item.prompt,
+                            prompt_messages=item.prompt_messages, candidates={c.id: c.text for c in candidates})
+            result.append((view, by_item[item.id]))
     return result
+
+
+def ranked_items(store: Store, project_name: str, annotator: str | None = None) -> list[RankedItem]:
+    return [RankedItem(**view.model_dump(), rankings=given)
+            for view, given in _annotated_items(store, project_name, Ranking, annotator)]
+
+
+def rated_items(store: Store, project_name: str, annotator: str | None = None) -> list[RatedItem]:
+    """A rating project's items with every submitted rating (or one annotator's)."""
+    return [RatedItem(**view.model_dump(), ratings=given)
+            for view, given in _annotated_items(store, project_name, Rating, annotator)]
 
 
 def flagged_items(store: Store, project_name: str) -> list[dict[str, Any]]:

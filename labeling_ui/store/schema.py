@@ -23,6 +23,8 @@ ROLES = ("annotator", "admin")
 MAX_CANDIDATES = 8
 SESSION_LIFETIME = timedelta(hours=12)  # the default; `align label serve --session-ttl-minutes` sets it
 RENDER_MODES = ("text", "markdown")  # how candidates and prompts are shown (labeling_ui.display)
+FEEDBACK_KINDS = ("ranking", "rating")  # rank all candidates of an item, or rate each on its own
+RATING_SCALES = (2, 5)  # 2: thumbs (0 = down, 1 = up); 5: 1 (worst) to 5 (best)
 
 
 def now() -> datetime:
@@ -33,8 +35,6 @@ def default_db_url() -> str:
     home = Path(os.environ.get("ALIGN_HOME", Path.home() / ".cache" / "align"))
     home.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{home / 'labeling.db'}"
-
-
 
 
 class Base(DeclarativeBase):
@@ -83,6 +83,9 @@ class Project(Base):
     guidelines: Mapped[str] = mapped_column(Text, default="")
     annotations_per_item: Mapped[int] = mapped_column(Integer)
     render: Mapped[str] = mapped_column(String(16), default="text", server_default="text")
+    feedback: Mapped[str] = mapped_column(String(16), default="ranking", server_default="ranking")
+    rating_scale: Mapped[int | None] = mapped_column(Integer, nullable=True)  # rating projects: 2 or 5
+    rating_threshold: Mapped[int | None] = mapped_column(Integer, nullable=True)  # rating >= this is desirable
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
 
 
@@ -130,6 +133,19 @@ class Ranking(Base):
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     ranks: Mapped[dict[str, int]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+class Rating(Base):
+    """``scores`` maps candidate id (as a string) to the annotator's rating of it, on the project's scale."""
+
+    __tablename__ = "ratings"
+    __table_args__ = (UniqueConstraint("item_id", "user_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id"), unique=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    scores: Mapped[dict[str, int]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
 
 

@@ -32,11 +32,15 @@ class Task(BaseModel):
     prompt: str
     candidates: list[dict[str, Any]]  # {"id": int, "text": str}
     render: str = "text"  # the project's display mode: "text" (as written) or "markdown"
+    feedback: str = "ranking"  # "ranking": rank every candidate; "rating": rate each one
+    rating_scale: int | None = None  # rating projects: 2 (thumbs: 0 down, 1 up) or 5 (1 to 5)
 
 
 # The hot paths (claim, submit) run these prepared statements on a plain connection: the same SQL on
 # SQLite and PostgreSQL, no ORM objects, no expression building per request.
-_PROJECT = text("SELECT id, name, guidelines, annotations_per_item, render FROM projects WHERE name = :name")
+_PROJECT = text(
+    "SELECT id, name, guidelines, annotations_per_item, render, feedback, rating_scale FROM projects WHERE name = :name"
+)
 _OPEN_ASSIGNMENT = text(
     "SELECT a.id, a.item_id FROM assignments a JOIN items i ON i.id = a.item_id"
     " WHERE i.project_id = :project AND a.user_id = :user AND a.status = 'active' LIMIT 1"
@@ -67,10 +71,17 @@ _CLOSE_SUBMITTED = text(
 ).bindparams(bindparam("at", type_=DateTime))
 _ASSIGNMENT_STATE = text("SELECT user_id, status FROM assignments WHERE id = :assignment")
 _CANDIDATE_IDS = text("SELECT id FROM candidates WHERE item_id = :item")
+_FEEDBACK = text(
+    "SELECT p.feedback, p.rating_scale FROM projects p JOIN items i ON i.project_id = p.id WHERE i.id = :item"
+)
 _INSERT_RANKING = text(
     "INSERT INTO rankings (assignment_id, item_id, user_id, ranks, created_at)"
     " VALUES (:assignment, :item, :user, :ranks, :at) RETURNING id"
 ).bindparams(bindparam("ranks", type_=JSON), bindparam("at", type_=DateTime))
+_INSERT_RATING = text(
+    "INSERT INTO ratings (assignment_id, item_id, user_id, scores, created_at)"
+    " VALUES (:assignment, :item, :user, :scores, :at) RETURNING id"
+).bindparams(bindparam("scores", type_=JSON), bindparam("at", type_=DateTime))
 
 
 def _task(connection: Connection, assignment_id: int, item_id: int, user_id: int, project: Any) -> Task:
@@ -84,6 +95,8 @@ def _task(connection: Connection, assignment_id: int, item_id: int, user_id: int
         prompt=rows[0].prompt,
         candidates=candidates,
         render=project.render,
+        feedback=project.feedback,
+        rating_scale=project.rating_scale,
     )
 
 
@@ -156,19 +169,43 @@ class RankingInput(BaseModel):
         return value
 
 
-def parse_ranking(raw: Any) -> RankingInput:
-    """A ranking from a dict or a JSON text, ``{"ranks": {...}}`` or the bare ``{id: rank}`` mapping."""
+class RatingsInput(BaseModel):
+    """A rating of every candidate: candidate id -> rating on the project's scale (thumbs: 0 down, 1 up).
+
+    Ratings are strict integers: ``true``, ``"1"`` and ``1.0`` are refused, never read as 1.
+    """
+
+    ratings: dict[int, StrictInt]
+
+    @field_validator("ratings")
+    @classmethod
+    def _not_empty(cls, value: dict[int, int]) -> dict[int, int]:
+        if not value:
+            raise ValueError("the ratings are empty")
+        return value
+
+
+def _parse(raw: Any, model: type[BaseModel], field: str, what: str) -> Any:
+    """``model`` from a dict or a JSON text, ``{field: {...}}`` or the bare ``{id: value}`` mapping."""
     try:
         if isinstance(raw, str):
             raw = json.loads(raw)
     except json.JSONDecodeError as error:
-        raise AlignError(f"malformed ranking: not JSON ({error})") from error
+        raise AlignError(f"malformed {what}: not JSON ({error})") from error
     try:
-        return RankingInput.model_validate(
-            {"ranks": raw} if isinstance(raw, dict) and "ranks" not in raw else raw
-        )
+        return model.model_validate({field: raw} if isinstance(raw, dict) and field not in raw else raw)
     except ValidationError as error:
-        raise InvalidInput.from_validation("malformed ranking", error) from error
+        raise InvalidInput.from_validation(f"malformed {what}", error) from error
+
+
+def parse_ranking(raw: Any) -> RankingInput:
+    """A ranking from a dict or a JSON text, ``{"ranks": {...}}`` or the bare ``{id: rank}`` mapping."""
+    return _parse(raw, RankingInput, "ranks", "ranking")
+
+
+def parse_ratings(raw: Any) -> RatingsInput:
+    """Ratings from a dict or a JSON text, ``{"ratings": {...}}`` or the bare ``{id: rating}`` mapping."""
+    return _parse(raw, RatingsInput, "ratings", "ratings")
 
 
 def _own_active_assignment(session: Session, user: User, assignment_id: int) -> Assignment:
@@ -178,6 +215,38 @@ def _own_active_assignment(session: Session, user: User, assignment_id: int) -> 
     if assignment.status != "active":
         raise AlignError(f"task {assignment_id} is already {assignment.status}")
     return assignment
+
+
+def _close_for_submit(connection: Connection, keys: dict[str, Any], feedback: str) -> tuple[int, Any]:
+    """Close the annotator's active assignment as submitted; its item id and the project's feedback settings.
+
+    Refused (and, by the caller's transaction, rolled back) when the task is not the annotator's, no
+    longer active, or its project collects the other kind of feedback.
+    """
+    item_id = connection.execute(_CLOSE_SUBMITTED, keys).scalar()
+    if item_id is None:
+        state = connection.execute(_ASSIGNMENT_STATE, keys).first()
+        if state is None or state.user_id != keys["user"]:
+            raise AlignError(f"task {keys['assignment']} is not yours")
+        raise AlignError(f"task {keys['assignment']} is already {state.status}")
+    project = connection.execute(_FEEDBACK, {"item": item_id}).one()
+    if project.feedback != feedback:
+        send = "submit_ratings (POST .../ratings)" if project.feedback == "rating" else "submit_ranking (POST .../submit)"
+        raise AlignError(f"task {keys['assignment']} asks for {project.feedback}s, not {feedback}s: use {send}")
+    return item_id, project
+
+
+def _check_complete(connection: Connection, item_id: int, given: set[int], what: str, each: str) -> set[int]:
+    """The item's candidate ids; AlignError unless ``given`` names each exactly once."""
+    candidate_ids = set(connection.execute(_CANDIDATE_IDS, {"item": item_id}).scalars())
+    if given != candidate_ids:
+        missing, extra = sorted(candidate_ids - given), sorted(given - candidate_ids)
+        raise AlignError(
+            f"incomplete or wrong {what}: every candidate needs a {each}"
+            + (f"; missing candidates {missing}" if missing else "")
+            + (f"; unknown candidates {extra}" if extra else "")
+        )
+    return candidate_ids
 
 
 def submit_ranking(store: Store, user: User, assignment_id: int, ranking: RankingInput | dict | str) -> int:
@@ -190,27 +259,37 @@ def submit_ranking(store: Store, user: User, assignment_id: int, ranking: Rankin
         ranking = parse_ranking(ranking)
     with store.write_connection() as connection:
         keys = {"assignment": assignment_id, "user": user.id, "at": now()}
-        item_id = connection.execute(_CLOSE_SUBMITTED, keys).scalar()
-        if item_id is None:
-            state = connection.execute(_ASSIGNMENT_STATE, keys).first()
-            if state is None or state.user_id != user.id:
-                raise AlignError(f"task {assignment_id} is not yours")
-            raise AlignError(f"task {assignment_id} is already {state.status}")
-        candidate_ids = set(connection.execute(_CANDIDATE_IDS, {"item": item_id}).scalars())
-        given = set(ranking.ranks)
-        if given != candidate_ids:
-            missing, extra = sorted(candidate_ids - given), sorted(given - candidate_ids)
-            raise AlignError(
-                "incomplete or wrong ranking: every candidate needs a rank"
-                + (f"; missing candidates {missing}" if missing else "")
-                + (f"; unknown candidates {extra}" if extra else "")
-            )
+        item_id, _ = _close_for_submit(connection, keys, "ranking")
+        candidate_ids = _check_complete(connection, item_id, set(ranking.ranks), "ranking", "rank")
         if max(ranking.ranks.values()) > len(candidate_ids):
             raise AlignError(f"ranks go from 1 to {len(candidate_ids)}")
         ranks = {str(k): v for k, v in ranking.ranks.items()}
         ranking_id = connection.execute(_INSERT_RANKING, {**keys, "item": item_id, "ranks": ranks}).scalar_one()
         audit(connection, user.name, "submit", assignment_id=assignment_id, item_id=item_id)
         return ranking_id
+
+
+def submit_ratings(store: Store, user: User, assignment_id: int, ratings: RatingsInput | dict | str) -> int:
+    """Store a rating of every candidate of the annotator's open task (a rating project); returns the rating id.
+
+    One write transaction, as :func:`submit_ranking`: close the assignment, check every candidate is
+    rated on the project's scale (thumbs: 0 or 1; else 1 to 5), insert; anything wrong rolls it all back.
+    """
+    if not isinstance(ratings, RatingsInput):
+        ratings = parse_ratings(ratings)
+    with store.write_connection() as connection:
+        keys = {"assignment": assignment_id, "user": user.id, "at": now()}
+        item_id, project = _close_for_submit(connection, keys, "rating")
+        _check_complete(connection, item_id, set(ratings.ratings), "ratings", "rating")
+        lowest, highest = (0, 1) if project.rating_scale == 2 else (1, project.rating_scale)
+        wrong = {c: r for c, r in ratings.ratings.items() if not lowest <= r <= highest}
+        if wrong:
+            scale = "0 (thumbs down) or 1 (thumbs up)" if highest == 1 else f"from {lowest} to {highest}"
+            raise AlignError(f"ratings are {scale}; got {wrong}")
+        scores = {str(k): v for k, v in ratings.ratings.items()}
+        rating_id = connection.execute(_INSERT_RATING, {**keys, "item": item_id, "scores": scores}).scalar_one()
+        audit(connection, user.name, "rate", assignment_id=assignment_id, item_id=item_id)
+        return rating_id
 
 
 def release(store: Store, user: User, assignment_id: int, status: str, reason: str) -> None:
