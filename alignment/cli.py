@@ -17,6 +17,7 @@ from alignment.errors import AlignError
 JOB_MODULES = (
     "alignment.jobs.sft",
     "alignment.jobs.dpo",
+    "alignment.jobs.kto",
     "alignment.jobs.rm",
     "alignment.jobs.ppo",
     "alignment.jobs.tiny",

@@ -302,6 +302,57 @@ class DPOConfig(Section):
         return self
 
 
+class FeedbackDataConfig(Section):
+    """Unpaired feedback for KTO: TRL's unpaired format, one judged answer per row."""
+
+    train: str = Field(..., description="Training data: a .jsonl/.json/.parquet file or a local `datasets` directory.")
+    eval: str | None = Field(None, description="Held-out data (same formats); None splits eval_fraction off train.")
+    eval_fraction: float = Field(0.05, ge=0, lt=1, description="Share of train rows held out when `eval` is None.")
+    max_length: int = Field(256, ge=8, description="Prompt plus completion are truncated to this many tokens.")
+    prompt_field: str = Field("prompt", description="Column with the prompt: text, or a list of {role, content} messages.")
+    completion_field: str = Field("completion", description="Column with the judged answer (text or assistant messages).")
+    label_field: str = Field("label", description="Column with true (desirable) or false (undesirable).")
+    chosen_field: str = Field("chosen", description="Pair rows are unpaired: this column's answer is desirable ...")
+    rejected_field: str = Field("rejected", description="... and this one's undesirable (TRL's unpair_preference_dataset).")
+    shuffle: bool = Field(True, description="Shuffle the training order each epoch (seeded).")
+
+
+class KTOLossConfig(Section):
+    loss_type: Literal["kto", "apo_zero_unpaired"] = Field(
+        "kto", description="kto (Ethayarajh et al. 2024) or apo_zero_unpaired (no KL reference point).")
+    beta: float = Field(0.1, gt=0, description="Inverse temperature of the implicit reward log pi/pi_ref.")
+    desirable_weight: float = Field(1.0, gt=0, description="Weight w_D of desirable examples' losses.")
+    undesirable_weight: float = Field(1.0, gt=0, description="Weight w_U of undesirable examples' losses "
+                                      "(KTO's paper: keep w_D n_D / (w_U n_U) in [1, 4/3]).")
+    precompute_ref_logps: bool = Field(False, description="Compute reference log-probs once before training and free the reference.")
+    reference: str | None = Field(None, description="Reference model directory; None uses `model` (the usual choice).")
+
+
+class KTOConfig(Section):
+    """KTO: the policy learns from answers judged desirable or undesirable one at a time (no pairs)."""
+
+    model: str = Field(..., description="Local Hugging Face model directory to train (the policy).")
+    tokenizer: str | None = Field(None, description="Tokenizer directory; None uses the model's.")
+    chat_template: str | None = CHAT_TEMPLATE_FIELD
+    output_dir: str = Field(..., description="Where checkpoints, the final model and metrics go.")
+    data: FeedbackDataConfig = Field(..., description="Rows of prompt, completion and a desirable/undesirable label.")
+    kto: KTOLossConfig = Field(default_factory=KTOLossConfig, description="Loss type and its parameters.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Batching (in rows), steps, evaluation, checkpoints.")
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-6), description="Optimizer and learning-rate schedule.")
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="DeepSpeed ZeRO settings (policy and reference).")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Ray cluster and workers; the reference shares them.")
+    lora: LoRAConfig | None = Field(None, description=LORA_FIELD_HELP)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Metrics and progress output.")
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> KTOConfig:
+        _check_batch_divides(self.train, self.cluster)
+        if self.kto.loss_type == "kto" and self.train.global_batch_size < 2:
+            raise ValueError("kto.loss_type kto estimates its KL term from the other rows of each batch: "
+                             "train.global_batch_size must be at least 2")
+        return self
+
+
 class RewardLossConfig(Section):
     center_coef: float = Field(0.0, ge=0, description="Reward centring: weight of (r_chosen + r_rejected)^2 (0 disables).")
     use_margin: bool = Field(False, description="Subtract the per-pair margin from data.margin_field inside the sigmoid.")

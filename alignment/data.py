@@ -13,7 +13,7 @@ stops with the file and line (JSONL) or row number, before any training starts.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,6 +249,23 @@ class RowCheck:
 
     rows: int
     conversational: int
+
+
+def check_expanded_rows(path: str | Path, expand: Callable[[dict[str, Any]], list[tuple]], what: str) -> RowCheck:
+    """Validate every row without tokenising: ``expand(row)`` gives the row's examples as tuples whose
+    first part is the prompt (a message list in a conversational row) or raises ValueError; the first bad
+    row stops with its location. Returns how many examples there are and how many are chats."""
+    count = conversational = 0
+    for index, row in enumerate(read_records(path)):
+        try:
+            examples = expand(row)
+        except (ValueError, TypeError) as error:
+            raise AlignError(f"{row_location(path, index)}: {error}") from None
+        count += len(examples)
+        conversational += sum(isinstance(prompt, list) for prompt, *_ in examples)
+    if not count:
+        raise AlignError(f"{path}: no {what}")
+    return RowCheck(count, conversational)
 
 
 def check_sft_rows(path: str | Path, data_config) -> RowCheck:

@@ -9,25 +9,20 @@ policy with its adapters disabled: no second copy of the weights (docs/lora.md).
 
 from __future__ import annotations
 
-import gc
-import math
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from alignment.config import DPOConfig
 from alignment.logprobs import sequence_logps
-from alignment.lora import adapters_disabled
 from alignment.losses import preference_loss
 from alignment.models import load_causal_lm
 from alignment.pair_packing import packed_logps
 from alignment.preference_data import PreferencePair, check_preference_rows
-from alignment.strategy import DeepSpeedStrategy
-from alignment.trainer import PairWorker, check_inputs, run_training
+from alignment.trainer import PairWorker, ReferenceWorker, check_inputs, run_training
 
 
-class DPOWorker(PairWorker):
+class DPOWorker(PairWorker, ReferenceWorker):
     config_class = DPOConfig
 
     def build_model(self) -> torch.nn.Module:
@@ -36,37 +31,14 @@ class DPOWorker(PairWorker):
     def prepare(self, total_steps: int) -> int:
         parameters = super().prepare(total_steps)
         self.reference = None
-        # With LoRA (and no other reference named) the reference is the policy with its adapters disabled.
-        self.reference_is_base = self.config.lora is not None and self.config.dpo.reference is None
-        if self.config.dpo.loss_type != "simpo" and not self.reference_is_base:
-            self.reference = DeepSpeedStrategy(self.config.strategy, self.micro_batch_size, self.accumulation)
-            self.reference.before_model_load(train=False)
-            self.reference.prepare_inference(load_causal_lm(self.config.dpo.reference or self.config.model,
-                                                            self.strategy.dtype))
-        if self.config.dpo.loss_type != "simpo" and self.config.dpo.precompute_ref_logps:
-            self._precompute_reference()
+        if self.config.dpo.loss_type != "simpo":
+            self.load_reference(self.config.dpo.reference)
+            if self.config.dpo.precompute_ref_logps:
+                pairs = self.train_examples + self.eval_examples
+                for pair, (chosen, rejected) in zip(pairs, self.per_example(pairs, self._reference_logps)):
+                    pair.ref_chosen, pair.ref_rejected = chosen, rejected
+                self.free_reference()
         return parameters
-
-    @torch.no_grad()
-    def _precompute_reference(self) -> None:
-        """Reference log-probs of every train and eval pair (ranks share the work), then free the reference."""
-        pairs = self.train_examples + self.eval_examples
-        mine = list(range(self.rank, len(pairs), self.world_size))
-        per_rank = math.ceil(len(pairs) / self.world_size)
-        results: dict[int, tuple[float, float]] = {}
-        for start in range(0, per_rank, self.micro_batch_size):  # same number of forwards on every rank (ZeRO-3)
-            indices = mine[start : start + self.micro_batch_size]
-            chosen, rejected = self._reference_logps([pairs[i] for i in indices or [0]])
-            results.update({i: (float(c), float(r)) for i, c, r in zip(indices, chosen, rejected)})
-        gathered = [None] * self.world_size
-        dist.all_gather_object(gathered, results) if self.world_size > 1 else gathered.__setitem__(0, results)
-        for part in gathered:
-            for index, (chosen_logp, rejected_logp) in part.items():
-                pairs[index].ref_chosen, pairs[index].ref_rejected = chosen_logp, rejected_logp
-        if self.reference is not None:
-            self.reference.engine.destroy() if hasattr(self.reference.engine, "destroy") else None
-            self.reference = None
-            gc.collect()
 
     def _logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs and labelled-token counts of the chosen sequences, then the rejected ones."""
@@ -78,12 +50,7 @@ class DPOWorker(PairWorker):
             return (torch.tensor([p.ref_chosen for p in pairs], device=self.strategy.device),
                     torch.tensor([p.ref_rejected for p in pairs], device=self.strategy.device))
         batch = batch if batch is not None else self.pair_inputs(pairs)
-        with torch.no_grad():
-            if self.reference is not None:
-                logps, _ = self._logps(self.reference.engine, batch)
-            else:  # LoRA: the same weights without the adapters
-                with adapters_disabled(self.engine):
-                    logps, _ = self._logps(self.engine, batch)
+        logps, _ = self.reference_forward(lambda model: self._logps(model, batch))
         return logps[: len(pairs)], logps[len(pairs) :]
 
     def batch_loss(self, examples: list[PreferencePair]):

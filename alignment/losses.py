@@ -1,4 +1,4 @@
-"""Preference losses: the DPO family and the Bradley-Terry reward-model loss.
+"""Preference losses: the DPO family, KTO on unpaired feedback, and the Bradley-Terry reward-model loss.
 
 Each function maps per-pair sequence log-probabilities (summed over response tokens) to a
 per-pair loss; callers sum or average. Shapes are ``(pairs,)`` throughout.
@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 DPO_LOSS_TYPES = ("sigmoid", "cdpo", "ipo", "simpo")
+KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
 
 
 def dpo_sigmoid_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float,
@@ -90,4 +91,36 @@ def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Ten
     losses = -F.logsigmoid(difference)
     if centering_coef:
         losses = losses + centering_coef * (chosen_rewards + rejected_rewards) ** 2
+    return losses
+
+
+def kto_reference_point(kl_logratios: torch.Tensor) -> torch.Tensor:
+    """KTO's reference point z0 (Ethayarajh et al. 2024, eq. 7): the policy's KL from the reference,
+    estimated on mismatched (prompt, completion) pairs of the batch and never below zero, with no gradient.
+
+    z0 = max(0, mean_j [log pi(y'_j | x_j) - log pi_ref(y'_j | x_j)])
+    """
+    return kl_logratios.detach().mean().clamp(min=0)
+
+
+def kto_loss(logratios: torch.Tensor, desirable: torch.Tensor, z0: torch.Tensor | float, beta: float,
+             desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
+             loss_type: str = "kto") -> torch.Tensor:
+    """KTO (Ethayarajh et al. 2024, eq. 7-8) per example, from r = log pi(y|x) - log pi_ref(y|x):
+
+    desirable y:   w_D * (1 - sigmoid(beta * (r - z0)))
+    undesirable y: w_U * (1 - sigmoid(beta * (z0 - r)))
+
+    ``apo_zero_unpaired`` (APO-zero, D'Oosterlinck et al. 2024, eq. 7, unpaired) drops z0 and pushes
+    desirable answers up and undesirable ones down: w_D * (1 - sigmoid(beta r)) and w_U * sigmoid(beta r).
+    Callers average over examples (TRL: the mean over the batch, both kinds together).
+    """
+    if loss_type == "kto":
+        losses = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * (logratios - z0))),
+                             undesirable_weight * (1 - torch.sigmoid(beta * (z0 - logratios))))
+    elif loss_type == "apo_zero_unpaired":
+        losses = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * logratios)),
+                             undesirable_weight * torch.sigmoid(beta * logratios))
+    else:
+        raise ValueError(f"unknown KTO loss type {loss_type!r}; use one of {KTO_LOSS_TYPES}")
     return losses

@@ -23,6 +23,7 @@ from alignment.data import (
     RowCheck,
     TokenizedExample,
     as_messages,
+    check_expanded_rows,
     is_messages,
     read_records,
     row_location,
@@ -60,7 +61,8 @@ def is_conversational_row(row: dict[str, Any], config) -> bool:
         isinstance(row.get(config.responses_field), list) and any(is_messages(r) for r in row[config.responses_field]))
 
 
-def _part(value: Any, role: str, field: str, conversational: bool) -> Part:
+def response_part(value: Any, role: str, field: str, conversational: bool) -> Part:
+    """A prompt (``role`` user) or response (assistant) field: messages in a conversational row, else text."""
     if conversational:
         return as_messages(value, role, field)
     if not isinstance(value, str):
@@ -78,10 +80,10 @@ def row_pairs(row: dict[str, Any], config) -> list[tuple[Part, Part, Part, float
         raise ValueError(f"row has neither {config.chosen_field!r}/{config.rejected_field!r} nor "
                          f"{config.responses_field!r}/{config.ranks_field!r} (missing {missing})")
     chat = is_conversational_row(row, config)
-    chosen = _part(row[config.chosen_field], "assistant", config.chosen_field, chat)
-    rejected = _part(row[config.rejected_field], "assistant", config.rejected_field, chat)
+    chosen = response_part(row[config.chosen_field], "assistant", config.chosen_field, chat)
+    rejected = response_part(row[config.rejected_field], "assistant", config.rejected_field, chat)
     if config.prompt_field in row:
-        prompt = _part(row[config.prompt_field], "user", config.prompt_field, chat)
+        prompt = response_part(row[config.prompt_field], "user", config.prompt_field, chat)
     elif isinstance(row[config.chosen_field], list):
         prompt, chosen, rejected = _split_implicit_prompt(chosen, rejected)
     else:
@@ -114,28 +116,19 @@ def _ranking_pairs(row: dict[str, Any], config) -> list[tuple[Part, Part, Part, 
     if config.prompt_field not in row:
         raise ValueError(f"ranking row has no {config.prompt_field!r} column")
     chat = is_conversational_row(row, config)
-    prompt = _part(row[config.prompt_field], "user", config.prompt_field, chat)
-    answers = [_part(r, "assistant", config.responses_field, chat) for r in responses]
+    prompt = response_part(row[config.prompt_field], "user", config.prompt_field, chat)
+    answers = [response_part(r, "assistant", config.responses_field, chat) for r in responses]
     return [(prompt, answers[better], answers[worse], float(abs(ranks[better] - ranks[worse])))
             for better, worse in ranking_pairs(ranks)]
 
 
 def check_preference_rows(path: str | Path, config) -> RowCheck:
     """Validate every row without tokenising; returns the number of pairs and of conversational ones."""
-    count = conversational = 0
-    for index, row in enumerate(read_records(path)):
-        try:
-            pairs = row_pairs(row, config)
-        except (ValueError, TypeError) as error:
-            raise AlignError(f"{row_location(path, index)}: {error}") from None
-        count += len(pairs)
-        conversational += sum(isinstance(prompt, list) for prompt, *_ in pairs)
-    if not count:
-        raise AlignError(f"{path}: no preference pairs (all rankings are ties?)")
-    return RowCheck(count, conversational)
+    return check_expanded_rows(path, lambda row: row_pairs(row, config), "preference pairs (all rankings are ties?)")
 
 
-def _tokenize(tokenizer, prompt: Part, response: Part, max_length: int) -> TokenizedExample:
+def tokenize_response(tokenizer, prompt: Part, response: Part, max_length: int) -> TokenizedExample:
+    """Prompt plus response, labels on the response only; raises ValueError when none of it fits."""
     if isinstance(prompt, str):
         example = tokenize_standard(tokenizer, prompt, response, max_length)
     else:
@@ -151,8 +144,8 @@ def load_preference_pairs(path: str | Path, tokenizer, config) -> list[Preferenc
     for index, row in enumerate(read_records(path)):
         try:
             for prompt, chosen, rejected, margin in row_pairs(row, config):
-                pairs.append(PreferencePair(_tokenize(tokenizer, prompt, chosen, config.max_length),
-                                            _tokenize(tokenizer, prompt, rejected, config.max_length), margin))
+                pairs.append(PreferencePair(tokenize_response(tokenizer, prompt, chosen, config.max_length),
+                                            tokenize_response(tokenizer, prompt, rejected, config.max_length), margin))
         except (ValueError, TypeError) as error:
             raise AlignError(f"{row_location(path, index)}: {error}") from None
     if not pairs:

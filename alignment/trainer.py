@@ -8,6 +8,7 @@ step, so the result is independent of how the batch is split over ranks and micr
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -102,6 +103,26 @@ class TrainWorker(DistributedWorker):
                 totals[key] = totals.get(key, 0.0) + weight * value
         return totals
 
+    @torch.no_grad()
+    def per_example(self, examples: list, compute: Callable[[list], Sequence[torch.Tensor]]) -> list[tuple[float, ...]]:
+        """``compute(micro_batch)`` (tensors of shape ``(len(micro_batch),)``) for every example, the ranks
+        sharing the work; every rank gets all the values, in order. Every rank runs the same number of
+        forwards (ZeRO-3 gathers are collective): a rank short of examples repeats one and drops it."""
+        import torch.distributed as dist
+
+        mine = list(range(self.rank, len(examples), self.world_size))
+        results: dict[int, tuple[float, ...]] = {}
+        for start in range(0, math.ceil(len(examples) / self.world_size), self.micro_batch_size):
+            indices = mine[start : start + self.micro_batch_size]
+            values = compute([examples[i] for i in indices or [0]])
+            results.update({i: tuple(float(v[k]) for v in values) for k, i in enumerate(indices)})
+        gathered: list = [results]
+        if self.world_size > 1:
+            gathered = [None] * self.world_size
+            dist.all_gather_object(gathered, results)
+        merged = {index: value for part in gathered for index, value in part.items()}
+        return [merged[i] for i in range(len(examples))]
+
     def save(self, directory: str) -> None:
         self.strategy.save_checkpoint(Path(directory))
 
@@ -144,6 +165,40 @@ class PairWorker(TrainWorker):
         else:
             batch = pair_batch(pairs, pad_id)
         return {k: v.to(self.strategy.device) for k, v in batch.items()}
+
+
+class ReferenceWorker(TrainWorker):
+    """A rank whose loss compares the policy with a frozen reference (DPO, KTO).
+
+    The reference is a second inference engine on the same ranks, or, with LoRA and no other reference
+    named, the policy itself with its adapters disabled: no second copy of the weights (docs/lora.md).
+    """
+
+    def load_reference(self, reference: str | None) -> None:
+        from alignment.models import load_causal_lm
+
+        self.reference = None
+        if self.config.lora is None or reference is not None:
+            self.reference = DeepSpeedStrategy(self.config.strategy, self.micro_batch_size, self.accumulation)
+            self.reference.before_model_load(train=False)
+            self.reference.prepare_inference(load_causal_lm(reference or self.config.model, self.strategy.dtype))
+
+    def reference_forward(self, forward: Callable[[torch.nn.Module], Any]) -> Any:
+        """``forward(model)`` on the reference, without gradients."""
+        from alignment.lora import adapters_disabled
+
+        with torch.no_grad():
+            if self.reference is not None:
+                return forward(self.reference.engine)
+            with adapters_disabled(self.engine):
+                return forward(self.engine)
+
+    def free_reference(self) -> None:
+        """Drop a separate reference engine (its log-probs are precomputed)."""
+        if self.reference is not None:
+            self.reference.engine.destroy() if hasattr(self.reference.engine, "destroy") else None
+            self.reference = None
+            gc.collect()
 
 
 def optimizer_step(strategy: DeepSpeedStrategy, batches: list[list],
