@@ -73,7 +73,7 @@ def perturbed_reference(micro_model, directory):
     return directory
 
 
-def trl_first_step(micro_model, reference, rows: list[dict], tmp_path, beta: float) -> dict:
+def trl_first_step(model, reference, rows: list[dict], tmp_path, beta: float) -> dict:
     """TRL 1.16's KTOTrainer on ``rows`` as one batch: its logged loss and KL of step 1."""
     import datasets
     from trl import KTOConfig as TRLKTOConfig
@@ -85,9 +85,8 @@ def trl_first_step(micro_model, reference, rows: list[dict], tmp_path, beta: flo
     args = TRLKTOConfig(output_dir=str(tmp_path / "trl"), report_to=[], bf16=False, use_cpu=True, beta=beta,
                         per_device_train_batch_size=len(rows), max_steps=1, logging_steps=1, learning_rate=1e-3,
                         max_length=96, dataset_num_proc=None, save_strategy="no", train_sampling_strategy="sequential")
-    trainer = KTOTrainer(model=load_causal_lm(micro_model / "model"), ref_model=load_causal_lm(reference),
-                         args=args, train_dataset=datasets.Dataset.from_list(rows),
-                         processing_class=load_tokenizer(micro_model / "model"))
+    trainer = KTOTrainer(model=load_causal_lm(model), ref_model=load_causal_lm(reference),
+                         args=args, train_dataset=datasets.Dataset.from_list(rows), processing_class=load_tokenizer(model))
     trainer.train()
     return trainer.state.log_history[0]
 
@@ -99,7 +98,7 @@ def test_a_step_on_two_zero3_ranks_equals_trl_kto_trainer(micro_model, ray_runti
     single batch of 8."""
     rows = feedback_rows(micro_model, 8)
     reference = perturbed_reference(micro_model, tmp_path / "reference")
-    theirs = trl_first_step(micro_model, reference, rows, tmp_path, beta=0.5)
+    theirs = trl_first_step(micro_model / "model", reference, rows, tmp_path, beta=0.5)
     output = tmp_path / "ours"
     run_kto(KTOConfig.model_validate(kto_tree(micro_model, output, rows, strategy__zero_stage=3, train__max_steps=1,
                                               kto__reference=str(reference))))

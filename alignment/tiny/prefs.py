@@ -2,7 +2,8 @@
 
 For each prompt, K candidates are sampled from the base model; a simulated annotator ranks them
 by the gold judge's score (VADER) plus Gaussian noise; each ranking expands into its ordered pairs.
-Written under ``<tiny>/prefs/`` as rankings and pairs, for train and held-out prompts; cached.
+Written under ``<tiny>/prefs/`` as rankings, pairs and thumbs ratings (each response judged alone, for
+KTO), for train and held-out prompts; cached.
 """
 
 from __future__ import annotations
@@ -90,6 +91,14 @@ def ranking_rows(prompts: list[list[dict]], responses: list[list[str]], noise: f
     return rows
 
 
+def rating_rows(rankings: list[dict], noise: float, seed: int, threshold: float = 0.0) -> list[dict]:
+    """Thumbs for KTO (TRL's unpaired format): a simulated annotator calls each response desirable when its
+    judge score plus N(0, noise^2) is above ``threshold``."""
+    rng = np.random.default_rng(seed)
+    return [{"prompt": row["prompt"], "completion": response, "label": bool(score + (rng.normal(0.0, noise) if noise else 0.0) > threshold)}
+            for row in rankings for response, score in zip(row["responses"], row["judge_scores"])]
+
+
 def pair_rows(rankings: list[dict]) -> list[dict]:
     """Each ranking's ordered pairs (ties give none), in TRL's prompt/chosen/rejected format."""
     from alignment.preference_data import ranking_pairs
@@ -130,6 +139,7 @@ def build_prefs(config: TinyPrefsConfig, force: bool = False) -> Path:
         pairs = pair_rows(rankings)
         _write_jsonl(staging / f"rankings_{split}.jsonl", rankings)
         _write_jsonl(staging / f"pairs_{split}.jsonl", pairs)
+        _write_jsonl(staging / f"ratings_{split}.jsonl", rating_rows(rankings, noise, config.seed + offset + 100))
         counts[split] = {"prompts": len(prompts), "pairs": len(pairs)}
     manifest_data = {"fingerprint": fingerprint, "config": config.model_dump(mode="json"), "counts": counts,
                      "seconds": round(time.perf_counter() - started, 1)}
