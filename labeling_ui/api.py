@@ -4,11 +4,12 @@ POST /api/v1/login                         {"name", "password"} -> {"token", "ro
 POST /api/v1/projects/{project}/next       -> {"task": {...} | null}
 POST /api/v1/tasks/{id}/submit             {"ranks": {candidate_id: rank}} -> {"ranking_id"}
 POST /api/v1/tasks/{id}/ratings            {"ratings": {candidate_id: rating}} -> {"rating_id"} (rating projects)
+POST /api/v1/tasks/{id}/corrections        {"text", "corrects": candidate_id | null} -> {"candidate_id"} (before submit)
 POST /api/v1/tasks/{id}/skip | /flag       {"reason"}
 GET  /api/v1/projects/{project}/me         own progress
 POST /api/v1/projects/{project}/battles/next  -> {"battle": {...} | null} (no model names)
 POST /api/v1/battles/{id}/vote             {"vote": "a" | "b" | "tie" | "both_bad"} -> models revealed
-GET  /api/v1/admin/...                     progress, agreement, leaderboard, rankings, export (?format=pairs|kto),
+GET  /api/v1/admin/...                     progress, agreement, leaderboard, rankings, export (?format=pairs|kto|sft),
                                            users, audit,
                                            login locks (admins only); POST /api/v1/admin/unlock {"name" | "address"}
 
@@ -21,7 +22,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import StrictStr
+from pydantic import StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
 
 from alignment.errors import AlignError
@@ -126,6 +127,13 @@ def build_router(store: st.Store) -> APIRouter:
         if ratings is None:
             raise AlignError('send {"ratings": {"<candidate id>": <rating>, ...}} with a rating for every candidate')
         return {"rating_id": st.submit_ratings(store, user, assignment_id, ratings)}
+
+    @router.post("/tasks/{assignment_id}/corrections")
+    def correct(
+        assignment_id: int, user: User, text: Annotated[StrictStr, Body()],
+        corrects: Annotated[StrictInt | None, Body()] = None,
+    ) -> dict[str, int]:
+        return {"candidate_id": st.submit_correction(store, user, assignment_id, text, corrects)}
 
     @router.post("/tasks/{assignment_id}/skip")
     def skip(assignment_id: int, user: User, reason: Annotated[str, Body(embed=True)] = "") -> dict[str, str]:

@@ -130,9 +130,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     export.add_argument(
         "--format",
-        choices=["pairs", "kto", "jsonl", "parquet"],
-        help="pairs: preference pairs (prompt/chosen/rejected, the default); kto: rating projects as "
-        "prompt/completion/label rows; jsonl or parquet: pairs in that file type (default: from the suffix)",
+        choices=["pairs", "kto", "sft", "jsonl", "parquet"],
+        help="pairs: preference pairs (prompt/chosen/rejected, the default; corrections over the answers they "
+        "correct included); kto: rating projects as prompt/completion/label rows; sft: the annotators' corrections "
+        "and own answers as prompt/completion rows; jsonl or parquet: pairs in that file type (default: from the suffix)",
     )
     export.set_defaults(func=_export)
 
@@ -195,11 +196,9 @@ def _users_list(args: argparse.Namespace) -> int:
 
 
 def _users_unlock(args: argparse.Namespace) -> int:
-    from labeling_ui.store import unlock
+    from labeling_ui.store import unlock, unlock_message
 
-    cleared = unlock(_store(args), args.name, args.address)
-    what = " and ".join(x for x in (args.name and f"account {args.name}", args.address and f"address {args.address}") if x)
-    print(f"unlocked {what}" if cleared else f"{what}: no failed logins on record")
+    print(unlock_message(args.name, args.address, unlock(_store(args), args.name, args.address)))
     return 0
 
 
@@ -269,10 +268,11 @@ def _export(args: argparse.Namespace) -> int:
     project = args.project_option or args.project
     if not project or (args.project_option and args.project and args.project_option != args.project):
         raise AlignError("name one project: align label export PROJECT --out FILE (or --project PROJECT)")
-    kind = args.format if args.format in ("pairs", "kto") else "pairs"
+    kind = args.format if args.format in ("pairs", "kto", "sft") else "pairs"
     file_format = args.format if args.format in ("jsonl", "parquet") else None
     count = export_project(_store(args), project, args.out, mode=args.mode, file_format=file_format, kind=kind)
-    what = {"pairs": "preference pairs", "kto": "KTO rows (prompt, completion, label)"}[kind]
+    what = {"pairs": "preference pairs", "kto": "KTO rows (prompt, completion, label)",
+            "sft": "SFT rows (prompt, completion)"}[kind]
     print(f"wrote {count} {what} to {args.out}")
     return 0
 

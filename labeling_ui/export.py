@@ -3,6 +3,8 @@
 - ``pairs``: rankings -> preference pairs, ``prompt``/``chosen``/``rejected`` (DPO, reward models).
 - ``kto``: ratings -> unpaired feedback, ``prompt``/``completion``/``label`` (KTO): one row per rated
   candidate, labelled by the majority of its annotators.
+- ``sft``: annotators' corrections and own answers -> ``prompt``/``completion`` (SFT). The pairs
+  include each correction over the answer it corrects.
 
 The prompt is exported in the form it was imported: text (TRL's standard format, trained without a
 chat template) or, for items imported with ``messages``, the chat messages, with every answer as one
@@ -20,19 +22,21 @@ from alignment.errors import AlignError
 from alignment.preference_data import ranking_pairs
 from labeling_ui.agreement import consensus
 from labeling_ui.store import (
+    Correction,
     ItemView,
     RankedItem,
     RatedItem,
     Store,
     audit,
+    corrections,
     get_project,
     ranked_items,
     rated_items,
 )
 
 Mode = Literal["all", "consensus"]
-Kind = Literal["pairs", "kto"]
-KINDS = ("pairs", "kto")
+Kind = Literal["pairs", "kto", "sft"]
+KINDS = ("pairs", "kto", "sft")
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
@@ -98,6 +102,20 @@ def _column_type(name: str, values: list[Any]):
     return pa.string()
 
 
+def correction_pairs(items: Sequence[Correction]) -> list[dict[str, Any]]:
+    """Each correction over the answer it corrects (new answers of an annotator's own make no pair)."""
+    return [
+        {"prompt": _prompt(item), "chosen": _response(item, item.text), "rejected": _response(item, item.original)}
+        for item in items
+        if item.original is not None
+    ]
+
+
+def sft_rows(items: Sequence[Correction]) -> list[dict[str, Any]]:
+    """TRL's prompt-completion format: one row per correction or new answer, the text exactly as written."""
+    return [{"prompt": _prompt(item), "completion": _response(item, item.text)} for item in items]
+
+
 def write_rows(rows: list[dict[str, Any]], path: str | Path, file_format: str | None = None) -> Path:
     """Write rows as JSONL or Parquet, chosen by ``file_format`` or the file suffix; atomic (temp file, rename)."""
     path = Path(path)
@@ -131,7 +149,7 @@ def export_project(
     kind: Kind = "pairs",
     by: str = "cli",
 ) -> int:
-    """Export a project's feedback as ``kind`` rows (pairs or kto) to a file; returns the number of rows."""
+    """Export a project's feedback as ``kind`` rows (pairs, kto or sft) to a file; returns the number of rows."""
     def deliver(rows: list[dict[str, Any]]) -> str:
         return write_rows(rows, out, file_format).name
 
@@ -144,9 +162,12 @@ def export_kto(store: Store, project: str, out: str | Path, *, by: str = "cli") 
 
 
 def project_rows(store: Store, project: str, kind: Kind, mode: Mode = "all") -> list[dict[str, Any]]:
-    """A project's rows of one kind: ``pairs`` from rankings, ``kto`` from ratings."""
+    """A project's rows of one kind: ``pairs`` from rankings and corrections, ``kto`` from ratings,
+    ``sft`` from corrections."""
     if kind == "pairs":
-        return preference_rows(ranked_items(store, project), mode)
+        return preference_rows(ranked_items(store, project), mode) + correction_pairs(corrections(store, project))
+    if kind == "sft":
+        return sft_rows(corrections(store, project))
     if kind == "kto":
         with store.transaction(write=False) as session:
             settings = get_project(session, project)

@@ -71,9 +71,43 @@ def candidate_html(letter: str, text: str, render: str) -> str:
     return f'<div class="cand-label">{letter}.</div><div class="cand-body">{to_html(text, render)}</div>'
 
 
+THUMBS = [("👍 up", "1"), ("👎 down", "0")]  # a thumbs project's choices: (shown, value)
+
+
+def answer_choices(task: st.Task) -> list:
+    """The choices under each candidate: ranks 1..k, thumbs, or ratings 1..5."""
+    if task.feedback == "ranking":
+        return [str(r) for r in range(1, len(task.candidates) + 1)]
+    return THUMBS if task.rating_scale == 2 else [str(r) for r in range(1, (task.rating_scale or 5) + 1)]
+
+
+def answer_label(task: st.Task, letter: str) -> str:
+    if task.feedback == "ranking":
+        return f"Rank of {letter} (1 = best; ties allowed)"
+    return f"{letter}: thumbs up or down" if task.rating_scale == 2 else f"Rating of {letter} (1 = worst, 5 = best)"
+
+
+def submit_given(store: st.Store, user: st.User, state: dict, given: tuple, edits: tuple, new_answer: str) -> None:
+    """Submit the annotator's choices under each shown candidate (strings from the page): first the edits
+    that differ from their answer and a new answer if written (as corrections), then the ranking or ratings."""
+    ids, rating = state["ids"], state.get("feedback") == "rating"
+    missing = [LETTERS[i] for i in range(len(ids)) if given[i] in (None, "")]
+    if missing:
+        verb = "rate" if rating else "rank"
+        raise AlignError(f"{verb} every candidate before submitting (missing: {', '.join(missing)})")
+    for candidate_id, original, edit in zip(ids, state["texts"], edits, strict=False):
+        if edit and edit.strip() and edit != original:
+            st.submit_correction(store, user, state["assignment_id"], edit, corrects=candidate_id)
+    if new_answer and new_answer.strip():
+        st.submit_correction(store, user, state["assignment_id"], new_answer)
+    values = {ids[i]: int(given[i]) for i in range(len(ids))}
+    submit = st.submit_ratings if rating else st.submit_ranking
+    submit(store, user, state["assignment_id"], values)
+
+
 def build_blocks(store: st.Store) -> gr.Blocks:
     with gr.Blocks(title="align labeling") as blocks:
-        task_state = gr.State(None)  # {"assignment_id": int, "ids": [candidate id in shown order]}
+        task_state = gr.State(None)  # {"assignment_id": int, "ids": [candidate id in shown order], "feedback": str}
         with gr.Row():
             who = gr.Markdown("")
             gr.Button("Log out", link="/logout", size="sm", scale=0)
@@ -86,7 +120,7 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                 with gr.Accordion("Guidelines", open=False):
                     guidelines = gr.Markdown("")
                 prompt = gr.HTML("", elem_id="prompt")  # model-facing text: labeling_ui.display, never raw
-                cards, texts, radios = [], [], []
+                cards, texts, radios, edits = [], [], [], []
                 for i in range(st.MAX_CANDIDATES):
                     with gr.Group(visible=False, elem_classes=["cand-card"], elem_id=f"cand-{i}") as card:
                         texts.append(gr.HTML("", elem_classes=["cand-text"]))
@@ -97,8 +131,15 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                                 elem_id=f"rank-{i}",
                             )
                         )
+                        with gr.Accordion("Edit this answer", open=False, elem_id=f"edit-open-{i}"):
+                            edits.append(gr.Textbox(
+                                label="Your corrected answer (saved with your submission if you change it; "
+                                "other annotators never see it)", lines=6, max_lines=40, elem_id=f"edit-{i}"))
                     cards.append(card)
-                gr.Markdown("Keys: **a-h** pick a candidate, **1-8** rank it, **Enter** submit, **x** skip.")
+                with gr.Accordion("Write your own answer", open=False, elem_id="new-answer-open"):
+                    new_answer = gr.Textbox(label="A better answer of your own (optional)", lines=6, max_lines=40,
+                                            elem_id="new-answer")
+                gr.Markdown("Keys: **a-h** pick a candidate, **1-8** rank (or rate) it, **Enter** submit, **x** skip.")
                 with gr.Row():
                     submit = gr.Button("Submit ranking", variant="primary", elem_id="submit-btn")
                     skip = gr.Button("Skip", elem_id="skip-btn")
@@ -139,16 +180,20 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                     elem_id="leaderboard",
                     visible=False,
                 )
-                per_annotator = gr.Dataframe(label="Progress per annotator", interactive=False)
+                per_annotator = gr.Dataframe(
+                    label="Progress per annotator (corrections: answers they rewrote or wrote)", interactive=False
+                )
                 taus = gr.Dataframe(label="Kendall's tau-b per pair of annotators", interactive=False)
                 consensus_table = gr.Dataframe(
                     label="Consensus ranking per item (mean rank)", interactive=False
                 )
                 flags = gr.Dataframe(label="Flagged items", interactive=False)
                 with gr.Row():
+                    export_kind = gr.Radio(["pairs", "kto"], value="pairs", label="Rows (kto: rating projects)",
+                                           elem_id="export-kind")
                     export_mode = gr.Radio(["all", "consensus"], value="all", label="Pairs")
                     export_format = gr.Radio(["jsonl", "parquet"], value="jsonl", label="Format")
-                    export_button = gr.Button("Export preference pairs", elem_id="export-btn")
+                    export_button = gr.Button("Export", elem_id="export-btn")
                 export_file = gr.File(label="Export", elem_id="export-file")
                 with gr.Accordion("Rankings of one annotator", open=False):
                     annotator = gr.Textbox(label="Annotator")
@@ -160,6 +205,14 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                     new_role = gr.Radio(list(st.ROLES), value="annotator", label="Role")
                     add_button = gr.Button("Add user")
                     add_status = gr.Markdown("")
+                with gr.Accordion("Login locks", open=False, elem_id="locks-open"):
+                    locks_table = gr.Dataframe(interactive=False, elem_id="locks")
+                    with gr.Row():
+                        lock_name = gr.Textbox(label="Account", elem_id="unlock-name")
+                        lock_address = gr.Textbox(label="Client address", elem_id="unlock-address")
+                        show_locks = gr.Button("Show locks", elem_id="locks-btn")
+                        unlock_button = gr.Button("Unlock", variant="stop", elem_id="unlock-btn")
+                    unlock_status = gr.Markdown("", elem_id="unlock-status")
                 audit_table = gr.Dataframe(label="Audit log (latest first)", interactive=False)
 
         candidate_outputs = [*cards, *texts, *radios]
@@ -167,12 +220,13 @@ def build_blocks(store: st.Store) -> gr.Blocks:
         def blank(message: str):
             hidden = [gr.update(visible=False)] * st.MAX_CANDIDATES
             keep = [gr.update()] * (2 * st.MAX_CANDIDATES)
-            return (None, "", "", "", message, *hidden, *keep)
+            return (None, "", "", "", message, *hidden, *keep, *[gr.update()] * (st.MAX_CANDIDATES + 2))
 
         def render(task: st.Task | None, user: st.User, project_name: str, message: str = ""):
             mine = st.user_progress(store, user, project_name)
+            done = "rated" if task is not None and task.feedback == "rating" else "ranked"
             progress_text = (
-                f"**Your progress in {project_name}:** {mine['ranked']} ranked, {mine['skipped']} skipped, "
+                f"**Your progress in {project_name}:** {mine['ranked']} {done}, {mine['skipped']} skipped, "
                 f"{mine['flagged']} flagged (project has {mine['items']} items)"
             )
             if task is None:
@@ -186,16 +240,22 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                     *hidden,
                     *[gr.update()] * st.MAX_CANDIDATES,
                     *[gr.update(value=None)] * st.MAX_CANDIDATES,
+                    *[gr.update()] * (st.MAX_CANDIDATES + 1),
+                    "",
                 )
             k = len(task.candidates)
-            choices = [str(r) for r in range(1, k + 1)]
+            choices = answer_choices(task)
             card_updates = [gr.update(visible=i < k) for i in range(st.MAX_CANDIDATES)]
             text_updates = [
                 gr.update(value=candidate_html(LETTERS[i], task.candidates[i]["text"], task.render) if i < k else "")
                 for i in range(st.MAX_CANDIDATES)
             ]
-            radio_updates = [gr.update(choices=choices, value=None) for _ in range(st.MAX_CANDIDATES)]
-            state = {"assignment_id": task.assignment_id, "ids": [c["id"] for c in task.candidates]}
+            radio_updates = [gr.update(choices=choices, value=None, label=answer_label(task, LETTERS[i]))
+                             for i in range(st.MAX_CANDIDATES)]
+            texts_shown = [c["text"] for c in task.candidates]
+            state = {"assignment_id": task.assignment_id, "ids": [c["id"] for c in task.candidates],
+                     "texts": texts_shown, "feedback": task.feedback}
+            edit_updates = [texts_shown[i] if i < k else "" for i in range(st.MAX_CANDIDATES)]
             return (
                 state,
                 progress_text,
@@ -205,9 +265,13 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                 *card_updates,
                 *text_updates,
                 *radio_updates,
+                gr.update(value="Submit ratings" if task.feedback == "rating" else "Submit ranking"),
+                *edit_updates,
+                "",
             )
 
-        task_outputs = [task_state, progress, guidelines, prompt, status, *candidate_outputs]
+        task_outputs = [task_state, progress, guidelines, prompt, status, *candidate_outputs, submit, *edits,
+                        new_answer]
 
         def on_load(request: gr.Request):
             user = current_user(store, request)
@@ -233,19 +297,13 @@ def build_blocks(store: st.Store) -> gr.Blocks:
 
         @guarded
         def on_submit(
-            state: dict | None, project_name: str, r0, r1, r2, r3, r4, r5, r6, r7, request: gr.Request
-        ):
-            ranks = (r0, r1, r2, r3, r4, r5, r6, r7)  # one per candidate slot (MAX_CANDIDATES)
+            state: dict | None, project_name: str, r0, r1, r2, r3, r4, r5, r6, r7,
+            e0, e1, e2, e3, e4, e5, e6, e7, own: str, request: gr.Request,
+        ):  # one choice and one edit per candidate slot (MAX_CANDIDATES), then the annotator's own answer
             if not state:
                 raise AlignError("no open item: press 'Start / next item'")
             user = current_user(store, request)
-            ids = state["ids"]
-            missing = [LETTERS[i] for i in range(len(ids)) if not ranks[i]]
-            if missing:
-                raise AlignError(f"rank every candidate before submitting (missing: {', '.join(missing)})")
-            st.submit_ranking(
-                store, user, state["assignment_id"], {ids[i]: int(ranks[i]) for i in range(len(ids))}
-            )
+            submit_given(store, user, state, (r0, r1, r2, r3, r4, r5, r6, r7), (e0, e1, e2, e3, e4, e5, e6, e7), own)
             return render(st.claim_next(store, user, project_name), user, project_name, "Saved. Next item:")
 
         def releaser(status_name: str):
@@ -323,7 +381,7 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                 **private,
             )
         start.click(on_next, [project], task_outputs, **private)
-        submit.click(on_submit, [task_state, project, *radios], task_outputs, **private)
+        submit.click(on_submit, [task_state, project, *radios, *edits, new_answer], task_outputs, **private)
         skip.click(releaser("skipped"), [task_state, project, reason], [*task_outputs, reason], **private)
         flag.click(releaser("flagged"), [task_state, project, reason], [*task_outputs, reason], **private)
 
@@ -348,7 +406,7 @@ def build_blocks(store: st.Store) -> gr.Blocks:
             return (
                 text,
                 _leaderboard_update(board["rows"]),
-                _frame(rows, ["annotator", "submitted", "active", "skipped", "flagged", "expired"]),
+                _frame(rows, ["annotator", "submitted", "active", "skipped", "flagged", "expired", "corrections"]),
                 _frame(report["kendall_tau"], ["annotator_a", "annotator_b", "items", "tau"]),
                 _frame(report["consensus"], ["item", "prompt", "annotators", "consensus"]),
                 _frame(st.flagged_items(store, project_name), ["item", "annotator", "reason", "at"]),
@@ -356,12 +414,11 @@ def build_blocks(store: st.Store) -> gr.Blocks:
             )
 
         @guarded
-        def on_export(project_name: str, mode: str, file_format: str, request: gr.Request):
+        def on_export(project_name: str, kind: str, mode: str, file_format: str, request: gr.Request):
             admin = current_admin(store, request)
-            out = os.path.join(
-                tempfile.mkdtemp(prefix="align-export-"), f"{project_name}-{mode}.{file_format}"
-            )
-            export_project(store, project_name, out, mode=mode, by=admin.name)  # type: ignore[arg-type]
+            name = f"{project_name}-kto" if kind == "kto" else f"{project_name}-{mode}"
+            out = os.path.join(tempfile.mkdtemp(prefix="align-export-"), f"{name}.{file_format}")
+            export_project(store, project_name, out, mode=mode, kind=kind, by=admin.name)  # type: ignore[arg-type]
             return out
 
         @guarded
@@ -385,10 +442,32 @@ def build_blocks(store: st.Store) -> gr.Blocks:
             st.add_user(store, name, password, role, by=admin.name)
             return f"Added {role} **{name}**.", ""
 
+        def locks_frame():
+            columns = ["scope", "key", "failures", "locks", "last_failure_at", "locked_until"]
+            return _frame(st.login_throttles(store), columns)
+
+        @guarded
+        def on_locks(request: gr.Request):
+            current_admin(store, request)
+            return locks_frame()
+
+        @guarded
+        def on_unlock(name: str, address: str, request: gr.Request):
+            admin = current_admin(store, request)
+            name, address = name.strip() or None, address.strip() or None
+            cleared = st.unlock(store, name, address, by=admin.name)
+            said = st.unlock_message(name, address, cleared)
+            return f"{said[:1].upper()}{said[1:]}.", locks_frame()
+
+        show_locks.click(on_locks, None, [locks_table], **private)
+        unlock_button.click(on_unlock, [lock_name, lock_address], [unlock_status, locks_table], **private)
+
         admin_outputs = [summary, leaderboard_table, per_annotator, taus, consensus_table, flags, audit_table]
         refresh.click(on_refresh, [admin_project], admin_outputs, **private)
         admin_project.change(on_refresh, [admin_project], admin_outputs, **private)
-        export_button.click(on_export, [admin_project, export_mode, export_format], [export_file], **private)
+        export_button.click(
+            on_export, [admin_project, export_kind, export_mode, export_format], [export_file], **private
+        )
         show_rankings.click(on_rankings, [admin_project, annotator], [rankings_table], **private)
         add_button.click(
             on_add_user, [new_name, new_password, new_role], [add_status, new_password], **private

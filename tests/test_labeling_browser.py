@@ -7,6 +7,7 @@ screenshots of the views to docs/.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
@@ -35,6 +36,16 @@ def log_in(page, url: str, name: str) -> None:
     page.fill("input[type=text]", name)
     page.fill("input[type=password]", PASSWORD)
     page.keyboard.press("Enter")
+
+
+def download_export(page, path: Path) -> Path:
+    """Press the admin tab's Export button and save the file it offers to ``path``."""
+    page.click("#export-btn")
+    link = page.wait_for_selector("#export-file a", timeout=30_000)
+    with page.expect_download() as download_info:
+        link.click()
+    download_info.value.save_as(path)
+    return path
 
 
 def rank_rest_by_store(store: st.Store, name: str) -> None:
@@ -93,12 +104,7 @@ def test_rank_in_browser_export_and_train_dpo(browser, tmp_path, monkeypatch):
         log_in(page, server.url, "boss")
         page.get_by_role("tab", name="Admin").click()
         page.wait_for_selector("#admin-summary :text('annotations')", timeout=60_000)
-        page.click("#export-btn")
-        link = page.wait_for_selector("#export-file a", timeout=30_000)
-        with page.expect_download() as download_info:
-            link.click()
-        exported = tmp_path / "pairs.jsonl"
-        download_info.value.save_as(exported)
+        exported = download_export(page, tmp_path / "pairs.jsonl")
         page.screenshot(path=str(docs / "labeling_admin.png"), full_page=True)
         page.close()
     assert "export" in {entry["action"] for entry in st.audit_log(store) if entry["user"] == "boss"}
@@ -288,3 +294,110 @@ def test_model_markup_shows_as_text_and_code_keeps_its_indentation(browser, tmp_
         assert page.evaluate(INJECTED) == {"images": 0, "scripts": 0, "inCards": 0, "title": "align labeling"}
         page.close()
     assert dialogs == []
+
+
+def test_rate_in_browser_and_export_kto(browser, tmp_path):
+    """A 1-5 rating project: an annotator rates each answer in the page, the rating is stored as chosen, and the
+    admin's KTO export (rating >= 4 desirable) labels the answers from it; then a thumbs project."""
+    db_url = f"sqlite:///{tmp_path / 'label.db'}"
+    store = st.Store(db_url)
+    st.add_user(store, "boss", PASSWORD, "admin")
+    st.add_user(store, "ann", PASSWORD)
+    st.import_items(store, "rate", [{"id": "r", "prompt": "Name a prime.", "candidates": ["7", "9", "I like cake"]}],
+                    annotations_per_item=1, feedback="rating", rating_threshold=4)
+    wanted = {"7": 5, "9": 2, "I like cake": 1}
+    with ServerProcess(db_url, log_path=tmp_path / "server.log") as server:
+        page = browser.new_page(viewport={"width": 1200, "height": 1100})
+        log_in(page, server.url, "ann")
+        page.wait_for_selector("#cand-2", state="visible", timeout=60_000)
+        assert not page.is_visible("#cand-3")
+        assert "Rating of A (1 = worst, 5 = best)" in page.inner_text("#rank-0")
+        assert page.inner_text("#submit-btn") == "Submit ratings"
+        shown = [page.inner_text(f"#cand-{i} .cand-body") for i in range(3)]
+        for i, text in enumerate(shown):
+            page.check(f"#rank-{i} input[value='{wanted[text]}']")
+        page.screenshot(path=str(ROOT / "docs" / "labeling_rating.png"), full_page=True)
+        page.click("#submit-btn")
+        page.wait_for_selector("#status :text('Saved')", timeout=30_000)
+        assert "1 rated" in page.inner_text("#my-progress") or "1 ranked" in page.inner_text("#my-progress")
+        (item,) = st.rated_items(store, "rate")
+        assert {item.candidates[c]: rating for c, rating in item.ratings["ann"].items()} == wanted
+
+        # a thumbs project, first by name: the page opens it
+        st.import_items(store, "a-thumbs", [{"id": "t", "prompt": "Is 2 prime?", "candidates": ["Yes."]}],
+                        annotations_per_item=1, feedback="rating", rating_scale=2)
+        page.reload()
+        page.wait_for_selector("#rank-0 :text('thumbs up or down')", timeout=30_000)
+        page.locator("#rank-0").get_by_text("👍 up").click()
+        page.click("#submit-btn")
+        page.wait_for_selector("#status :text('Saved')", timeout=30_000)
+        (thumbs,) = st.rated_items(store, "a-thumbs")
+        assert list(thumbs.ratings["ann"].values()) == [1]
+
+        page.goto(f"{server.url}/logout")
+        log_in(page, server.url, "boss")
+        page.get_by_role("tab", name="Admin").click()
+        page.wait_for_selector("#admin-summary :text('annotations')", timeout=60_000)
+        page.locator("#admin-project input").click()
+        page.get_by_role("option", name="rate", exact=True).click()
+        page.wait_for_selector("#admin-summary :text('Ratings (1-5)')", timeout=30_000)
+        page.locator("#export-kind").get_by_text("kto", exact=True).click()
+        exported = download_export(page, tmp_path / "kto.jsonl")
+
+        for _ in range(store.security.lock_after):  # ann mistypes her password until the account locks
+            with contextlib.suppress(st.LoginLocked):
+                st.authenticate(store, "ann", "wrong-password")
+        assert [row["key"] for row in st.login_throttles(store) if row["locked_until"]] == ["ann"]
+        page.locator("#locks-open").get_by_text("Login locks").click()
+        page.click("#locks-btn")
+        page.wait_for_selector("#locks :text('ann')", timeout=30_000)
+        page.fill("#unlock-name input", "ann")
+        page.click("#unlock-btn")
+        page.wait_for_selector("#unlock-status :text('Unlocked account ann')", timeout=30_000)
+        assert st.login_throttles(store) == []
+        page.close()
+    rows = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert sorted(rows, key=lambda row: row["completion"]) == [
+        {"prompt": "Name a prime.", "completion": "7", "label": True},
+        {"prompt": "Name a prime.", "completion": "9", "label": False},
+        {"prompt": "Name a prime.", "completion": "I like cake", "label": False},
+    ]
+
+
+CODE = "def total(xs):\n    result = 0\n\n    for x in xs:\n        result += x\n    return result"
+FIXED = "def total(xs):\n    result = 0\n\n    for x in xs:\n        if x is not None:\n            result += x\n\n    return result\n"
+
+
+def test_correct_a_code_answer_in_browser_keeps_its_indentation(browser, tmp_path):
+    """An annotator rewrites a code answer (4-space indents, blank lines) while ranking; the correction is stored
+    exactly as typed, comes out over the original in the pairs and as an SFT row, and the admins count it."""
+    from labeling_ui.export import project_rows
+
+    db_url = f"sqlite:///{tmp_path / 'label.db'}"
+    store = st.Store(db_url)
+    st.add_user(store, "ann", PASSWORD)
+    st.import_items(store, "code", [{"id": "sum", "prompt": "Sum a list in Python.",
+                                     "candidates": [CODE, "Use a loop."]}], annotations_per_item=1)
+    with ServerProcess(db_url, log_path=tmp_path / "server.log") as server:
+        page = browser.new_page(viewport={"width": 1200, "height": 1400})
+        log_in(page, server.url, "ann")
+        page.wait_for_selector("#cand-1", state="visible", timeout=60_000)
+        code = next(i for i in range(2) if "def total" in page.inner_text(f"#cand-{i} .cand-body"))
+        page.locator(f"#edit-open-{code}").get_by_text("Edit this answer").click()
+        editor = page.locator(f"#edit-{code} textarea")
+        editor.wait_for(state="visible", timeout=30_000)
+        assert editor.input_value() == CODE  # the answer to edit, exactly as stored
+        editor.fill(FIXED)
+        page.check(f"#rank-{code} input[value='2']")
+        page.check(f"#rank-{1 - code} input[value='1']")
+        page.screenshot(path=str(ROOT / "docs" / "labeling_correction.png"), full_page=True)
+        page.click("#submit-btn")
+        page.wait_for_selector("#status :text('Saved')", timeout=30_000)
+        page.close()
+    (correction,) = st.corrections(store, "code")
+    assert (correction.annotator, correction.text, correction.original) == ("ann", FIXED, CODE)
+    assert {"prompt": "Sum a list in Python.", "chosen": FIXED, "rejected": CODE} in project_rows(store, "code", "pairs")
+    assert project_rows(store, "code", "sft") == [{"prompt": "Sum a list in Python.", "completion": FIXED}]
+    assert st.project_progress(store, "code")["annotators"]["ann"]["corrections"] == 1
+    (item,) = st.ranked_items(store, "code")
+    assert {item.candidates[c]: rank for c, rank in item.rankings["ann"].items()} == {CODE: 2, "Use a loop.": 1}

@@ -23,10 +23,12 @@ from labeling_ui.store.items import (
     read_jsonl,
 )
 from labeling_ui.store.reports import (
+    Correction,
     ItemView,
     RankedItem,
     RatedItem,
     audit_log,
+    corrections,
     flagged_items,
     project_progress,
     ranked_items,
@@ -58,6 +60,7 @@ from labeling_ui.store.schema import (
     now,
 )
 from labeling_ui.store.tasks import (
+    CorrectionInput,
     InvalidInput,
     RankingInput,
     RatingsInput,
@@ -67,10 +70,11 @@ from labeling_ui.store.tasks import (
     parse_ranking,
     parse_ratings,
     release,
+    submit_correction,
     submit_ranking,
     submit_ratings,
 )
-from labeling_ui.store.throttle import LoginLocked, login_throttles, unlock
+from labeling_ui.store.throttle import LoginLocked, login_throttles, unlock, unlock_message
 from labeling_ui.store.users import (
     SessionExpired,
     add_user,
@@ -102,6 +106,10 @@ __all__ = [
     "submit_ratings",
     "RatedItem",
     "ItemView",
+    "Correction",
+    "CorrectionInput",
+    "corrections",
+    "submit_correction",
     "rated_items",
     "RENDER_MODES",
     "LoginThrottle",
@@ -110,6 +118,7 @@ __all__ = [
     "SessionExpired",
     "login_throttles",
     "unlock",
+    "unlock_message",
     "Project",
     "ROLES",
     "Ranking",

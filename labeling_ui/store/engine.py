@@ -52,6 +52,8 @@ ADDED_COLUMNS = (
     ("projects", "feedback", "VARCHAR(16) DEFAULT 'ranking' NOT NULL"),
     ("projects", "rating_scale", "INTEGER"),
     ("projects", "rating_threshold", "INTEGER"),
+    ("candidates", "author_id", "INTEGER"),
+    ("candidates", "corrects_id", "INTEGER"),
 )
 
 

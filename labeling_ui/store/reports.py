@@ -10,6 +10,7 @@ from sqlalchemy import (
     func,
     select,
 )
+from sqlalchemy.orm import aliased
 
 from labeling_ui.store.engine import Store
 from labeling_ui.store.items import get_project
@@ -45,7 +46,8 @@ def user_progress(store: Store, user: User, project_name: str) -> dict[str, int]
 
 
 def project_progress(store: Store, project_name: str) -> dict[str, Any]:
-    """Per project: items, annotations needed and done; per annotator: counts by status."""
+    """Per project: items, annotations needed and done; per annotator: counts by status, and corrections
+    (rewritten or new answers, of submitted tasks)."""
     with store.transaction(write=False) as session:
         project = get_project(session, project_name)
         items = (
@@ -60,9 +62,10 @@ def project_progress(store: Store, project_name: str) -> dict[str, Any]:
         ).all()
     annotators: dict[str, dict[str, int]] = {}
     for name, status, count in per_user:
-        annotators.setdefault(name, {"submitted": 0, "active": 0, "skipped": 0, "flagged": 0, "expired": 0})[
-            status
-        ] = count
+        annotators.setdefault(name, dict.fromkeys(("submitted", "active", "skipped", "flagged", "expired",
+                                                    "corrections"), 0))[status] = count
+    for correction in corrections(store, project_name):
+        annotators[correction.annotator]["corrections"] += 1
     done = sum(row["submitted"] for row in annotators.values())
     needed = items * project.annotations_per_item
     return {
@@ -119,7 +122,9 @@ def _annotated_items(store: Store, project_name: str, table: type[Ranking] | typ
         result = []
         for item in session.scalars(select(Item).where(Item.id.in_(by_item)).order_by(Item.id)):
             candidates = session.scalars(
-                select(Candidate).where(Candidate.item_id == item.id).order_by(Candidate.position)
+                select(Candidate)
+                .where(Candidate.item_id == item.id, Candidate.author_id.is_(None))
+                .order_by(Candidate.position)
             )
             view = ItemView(item_id=item.id, external_id=item.external_id, prompt=item.prompt,
                             prompt_messages=item.prompt_messages, candidates={c.id: c.text for c in candidates})
@@ -136,6 +141,37 @@ def rated_items(store: Store, project_name: str, annotator: str | None = None) -
     """A rating project's items with every submitted rating (or one annotator's)."""
     return [RatedItem(**view.model_dump(), ratings=given)
             for view, given in _annotated_items(store, project_name, Rating, annotator)]
+
+
+class Correction(ItemView):
+    """An annotator's correction of a candidate (``original``: its text) or new answer (``original``: None),
+    from a submitted task; ``candidates`` holds the item's original answers."""
+
+    annotator: str
+    text: str
+    original: str | None = None
+
+
+def corrections(store: Store, project_name: str) -> list[Correction]:
+    """Every correction and new answer of the project's annotators, from tasks they submitted."""
+    original = aliased(Candidate)
+    with store.transaction(write=False) as session:
+        project = get_project(session, project_name)
+        rows = session.execute(
+            select(Candidate, original.text, User.name, Item)
+            .join(Item, Item.id == Candidate.item_id)
+            .join(User, User.id == Candidate.author_id)
+            .join(Assignment, (Assignment.item_id == Item.id) & (Assignment.user_id == Candidate.author_id))
+            .outerjoin(original, original.id == Candidate.corrects_id)
+            .where(Item.project_id == project.id, Assignment.status == "submitted")
+            .order_by(Item.id, User.name, Candidate.id)
+        ).all()
+        return [
+            Correction(item_id=item.id, external_id=item.external_id, prompt=item.prompt,
+                       prompt_messages=item.prompt_messages, candidates={}, annotator=name,
+                       text=candidate.text, original=original_text)
+            for candidate, original_text, name, item in rows
+        ]
 
 
 def flagged_items(store: Store, project_name: str) -> list[dict[str, Any]]:

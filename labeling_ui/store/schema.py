@@ -107,6 +107,10 @@ class Candidate(Base):
     position: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(256), default="")  # model name; never shown
+    # an annotator's correction of an answer (``corrects_id``) or own new answer (no ``corrects_id``): never
+    # shown to other annotators, nor ranked or rated; exported as correction over original, and for SFT
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True, index=True)
+    corrects_id: Mapped[int | None] = mapped_column(ForeignKey("candidates.id"), nullable=True)
 
 
 class Assignment(Base):

@@ -7,8 +7,8 @@ import random
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, StrictInt, ValidationError, field_validator
-from sqlalchemy import JSON, DateTime, bindparam, select, text, update
+from pydantic import BaseModel, StrictInt, StrictStr, ValidationError, field_validator
+from sqlalchemy import JSON, DateTime, bindparam, func, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -17,6 +17,7 @@ from alignment.errors import AlignError
 from labeling_ui.store.engine import Store, audit
 from labeling_ui.store.schema import (
     Assignment,
+    Candidate,
     Item,
     User,
     now,
@@ -63,14 +64,14 @@ _INSERT_ASSIGNMENT = text(
 ).bindparams(bindparam("at", type_=DateTime))
 _TASK_TEXTS = text(
     "SELECT i.prompt, c.id, c.text FROM items i JOIN candidates c ON c.item_id = i.id"
-    " WHERE i.id = :item ORDER BY c.position"
+    " WHERE i.id = :item AND c.author_id IS NULL ORDER BY c.position"
 )
 _CLOSE_SUBMITTED = text(
     "UPDATE assignments SET status = 'submitted', finished_at = :at"
     " WHERE id = :assignment AND user_id = :user AND status = 'active' RETURNING item_id"
 ).bindparams(bindparam("at", type_=DateTime))
 _ASSIGNMENT_STATE = text("SELECT user_id, status FROM assignments WHERE id = :assignment")
-_CANDIDATE_IDS = text("SELECT id FROM candidates WHERE item_id = :item")
+_CANDIDATE_IDS = text("SELECT id FROM candidates WHERE item_id = :item AND author_id IS NULL")
 _FEEDBACK = text(
     "SELECT p.feedback, p.rating_scale FROM projects p JOIN items i ON i.project_id = p.id WHERE i.id = :item"
 )
@@ -290,6 +291,55 @@ def submit_ratings(store: Store, user: User, assignment_id: int, ratings: Rating
         rating_id = connection.execute(_INSERT_RATING, {**keys, "item": item_id, "scores": scores}).scalar_one()
         audit(connection, user.name, "rate", assignment_id=assignment_id, item_id=item_id)
         return rating_id
+
+
+class CorrectionInput(BaseModel):
+    """An annotator's rewrite of a candidate (``corrects``: its id) or new answer (``corrects``: None)."""
+
+    text: StrictStr
+    corrects: StrictInt | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the correction is empty")
+        return value
+
+
+def submit_correction(store: Store, user: User, assignment_id: int, text: str, corrects: int | None = None) -> int:
+    """Store the annotator's correction of a candidate of their open task, or (``corrects=None``) a new
+    answer of their own; returns its candidate id. Call it before the task's ranking or ratings.
+
+    The text is kept exactly as written (indentation, blank lines). A second correction of the same
+    candidate (or a second new answer) by the same annotator replaces the first. Corrections are never shown to other
+    annotators; only those of submitted tasks are exported.
+    """
+    try:
+        given = CorrectionInput(text=text, corrects=corrects)
+    except ValidationError as error:
+        raise InvalidInput.from_validation("malformed correction", error) from error
+    with store.transaction() as session:
+        assignment = _own_active_assignment(session, user, assignment_id)
+        if given.corrects is not None:
+            original = session.get(Candidate, given.corrects)
+            if original is None or original.item_id != assignment.item_id or original.author_id is not None:
+                raise AlignError(f"candidate {given.corrects} is not an answer of task {assignment_id}")
+            if original.text == given.text:
+                raise AlignError("the correction is the same as the answer: change it, or leave it out")
+        mine = select(Candidate).where(Candidate.item_id == assignment.item_id, Candidate.author_id == user.id)
+        existing = session.scalar(mine.where(
+            Candidate.corrects_id.is_(None) if given.corrects is None else Candidate.corrects_id == given.corrects))
+        if existing is None:
+            last = session.scalar(select(func.max(Candidate.position)).where(Candidate.item_id == assignment.item_id))
+            existing = Candidate(item_id=assignment.item_id, position=(last or 0) + 1, source="",
+                                 author_id=user.id, corrects_id=given.corrects)
+            session.add(existing)
+        existing.text = given.text
+        session.flush()
+        audit(session, user.name, "correct", assignment_id=assignment_id, item_id=assignment.item_id,
+              corrects=given.corrects, candidate_id=existing.id)
+        return existing.id
 
 
 def release(store: Store, user: User, assignment_id: int, status: str, reason: str) -> None:

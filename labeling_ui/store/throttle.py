@@ -110,6 +110,12 @@ def unlock(store: Store, name: str | None = None, address: str | None = None, *,
     return cleared
 
 
+def unlock_message(name: str | None, address: str | None, cleared: int) -> str:
+    """What :func:`unlock` did, in words (the CLI and the admin tab say it)."""
+    what = " and ".join(x for x in (name and f"account {name}", address and f"address {address}") if x)
+    return f"unlocked {what}" if cleared else f"{what}: no failed logins on record"
+
+
 def login_throttles(store: Store) -> list[dict[str, Any]]:
     """Accounts and addresses with failed logins on record: failures, locks, and the lock in force."""
     at = now()
