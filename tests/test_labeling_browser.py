@@ -350,8 +350,8 @@ def test_rate_in_browser_and_export_kto(browser, tmp_path):
         assert [row["key"] for row in st.login_throttles(store) if row["locked_until"]] == ["ann"]
         page.locator("#locks-open").get_by_text("Login locks").click()
         page.click("#locks-btn")
-        page.wait_for_selector("#locks :text('ann')", timeout=30_000)
-        page.fill("#unlock-name input", "ann")
+        page.wait_for_selector("#locks :text('ann') >> visible=true", timeout=30_000)
+        page.fill("#unlock-name textarea", "ann")
         page.click("#unlock-btn")
         page.wait_for_selector("#unlock-status :text('Unlocked account ann')", timeout=30_000)
         assert st.login_throttles(store) == []
