@@ -69,8 +69,8 @@ def load_feedback(path: str | Path, tokenizer, config) -> list[FeedbackExample]:
     for index, row in enumerate(read_records(path)):
         try:
             for prompt, completion, label in row_feedback(row, config):
-                tokenize_response(tokenizer, prompt, completion, config.max_length)  # raises if nothing fits
-                examples.append(FeedbackExample(tokenize_response(tokenizer, prompt, completion, 1 << 30), label))
+                example = tokenize_response(tokenizer, prompt, completion, config.max_length, truncate=False)
+                examples.append(FeedbackExample(example, label))
         except (ValueError, TypeError) as error:
             raise AlignError(f"{row_location(path, index)}: {error}") from None
     return examples

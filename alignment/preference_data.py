@@ -127,13 +127,16 @@ def check_preference_rows(path: str | Path, config) -> RowCheck:
     return check_expanded_rows(path, lambda row: row_pairs(row, config), "preference pairs (all rankings are ties?)")
 
 
-def tokenize_response(tokenizer, prompt: Part, response: Part, max_length: int) -> TokenizedExample:
-    """Prompt plus response, labels on the response only; raises ValueError when none of it fits."""
+def tokenize_response(tokenizer, prompt: Part, response: Part, max_length: int,
+                      truncate: bool = True) -> TokenizedExample:
+    """Prompt plus response, labels on the response only, cut to ``max_length`` (``truncate=False``: left
+    whole); raises ValueError when no response token fits in ``max_length``."""
+    whole = max_length if truncate else 1 << 30
     if isinstance(prompt, str):
-        example = tokenize_standard(tokenizer, prompt, response, max_length)
+        example = tokenize_standard(tokenizer, prompt, response, whole)
     else:
-        example = tokenize_sft(tokenizer, prompt + response, max_length)
-    if not any(label != IGNORE_INDEX for label in example.labels[1:]):
+        example = tokenize_sft(tokenizer, prompt + response, whole)
+    if not any(label != IGNORE_INDEX for label in example.labels[1:max_length]):
         raise ValueError(f"no response token survives max_length={max_length}")
     return example
 
