@@ -45,6 +45,18 @@ class RolloutConfig(Section):
     call_timeout_s: float = Field(600.0, gt=0, description="How long one generate or weight-sync call may take before the driver gives up.")
 
 
+class EnvironmentConfig(Section):
+    """Multi-turn rollouts: the environment the policy acts in (see rollout.environment), its tools and limits."""
+
+    name: str = Field("tools", description="Environment class: `tools` (call Python functions, rollout.tools.ToolEnvironment) or package.module:Class with reset(prompt, row) and step(action).")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the environment class (one instance per episode).")
+    tools: list[str] = Field(default_factory=list, description="Tools of a `tools` environment: built-in `calculator` or package.module:function, called with the JSON arguments of <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>.")
+    tool_timeout_s: float = Field(5.0, gt=0, description="Wall-clock limit of one tool call; a call past it ends the episode as failed (reward 0).")
+    tool_memory_mb: int = Field(1024, ge=64, description="Address-space limit of the tool process, in MiB.")
+    max_turns: int = Field(4, ge=1, description="Most policy turns per episode.")
+    max_total_tokens: int = Field(256, ge=2, description="Most response tokens per episode over all turns, the policy's and the environment's (each turn also stops at sampling.max_tokens).")
+
+
 def prompt_seed(seed: int, prompt_index: int) -> int:
     """The seed of one prompt of a seeded batch. Distinct per prompt: vLLM gives every request its own
     noise stream from its seed, so one seed for all prompts would make their samples move in lockstep

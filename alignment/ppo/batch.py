@@ -16,6 +16,7 @@ Shapes, with B samples, T the longest prompt + response and R the longest respon
     is_weights        [B, R] float  per-token loss weights correcting the engine/trainer mismatch (None: 1)
     prompts, texts    B-long lists  the prompts as given (text or messages) and the response texts
     rows              B-long list   each prompt's row in its data file (where reward functions read columns)
+    messages          B-long list   multi-turn episodes: the turns as chat messages (empty for single turns)
 
 Response token j of sample i is predicted by the logits at position ``prompt_lengths[i] - 1 + j``
 (:attr:`positions`). The batch travels through Ray's object store as tensors; workers return
@@ -58,6 +59,7 @@ class RolloutBatch:
     prompts: list[Any] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)
+    messages: list[list[dict[str, str]]] = field(default_factory=list)
     scores: torch.Tensor | None = None
     old_logprobs: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
@@ -69,8 +71,11 @@ class RolloutBatch:
     @classmethod
     def from_samples(cls, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
                      rollout_logprobs: Sequence[Sequence[float]], finished: Sequence[bool], pad_id: int,
-                     prompts: Sequence[Any] = (), texts: Sequence[str] = (), rows: Sequence[int] = ()) -> RolloutBatch:
-        """Pad per-sample token lists into a batch; every response needs at least one token."""
+                     prompts: Sequence[Any] = (), texts: Sequence[str] = (), rows: Sequence[int] = (),
+                     policy_mask: Sequence[Sequence[float]] | None = None,
+                     messages: Sequence[list[dict[str, str]]] = ()) -> RolloutBatch:
+        """Pad per-sample token lists into a batch; every response needs at least one token.
+        ``policy_mask`` (multi-turn) marks the tokens the policy wrote: the loss mask starts as it."""
         if any(len(r) == 0 for r in response_ids):
             raise ValueError("every response needs at least one token (give an empty one its EOS)")
         sequences = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids)]
@@ -80,12 +85,13 @@ class RolloutBatch:
             attention_mask=right_pad([[1] * len(s) for s in sequences], 0, torch.long),
             prompt_lengths=torch.tensor([len(p) for p in prompt_ids], dtype=torch.long),
             response_mask=response_mask,
-            loss_mask=response_mask.clone(),
+            loss_mask=response_mask.clone() if policy_mask is None else right_pad(policy_mask, width=response_mask.shape[1]),
             rollout_logprobs=right_pad(rollout_logprobs, width=response_mask.shape[1]),
             finished=torch.tensor(list(finished), dtype=torch.bool),
             prompts=list(prompts),
             texts=list(texts),
             rows=list(rows),
+            messages=list(messages),
         )
 
     def __len__(self) -> int:

@@ -16,7 +16,7 @@ from alignment.config import (
     StrategyConfig,
     TrackingConfig,
 )
-from rollout.config import RolloutConfig, SamplingConfig
+from rollout.config import EnvironmentConfig, RolloutConfig, SamplingConfig
 
 Role = Literal["actor", "critic", "reference", "reward"]
 ROLES: tuple[Role, ...] = ("actor", "critic", "reference", "reward")
@@ -131,6 +131,7 @@ class PPOConfig(Section):
     train: PPOTrainConfig = Field(default_factory=PPOTrainConfig, description="Steps, micro-batches, evaluation and checkpoints.")
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(n=4, max_tokens=64), description="Rollout sampling (n samples per prompt; top_p 1 and top_k 0 so the trainer can recompute log-probs).")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Rollout engines (vLLM by default).")
+    environment: EnvironmentConfig | None = Field(None, description="Multi-turn rollouts in an environment (tool calls, games); None: one response per prompt.")
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-5, scheduler="constant"), description="Actor optimizer.")
     critic_optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-5, scheduler="constant"), description="Critic optimizer.")
     strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="DeepSpeed settings of every model (inference models use ZeRO-0 unless stage 3).")
@@ -185,11 +186,14 @@ class PPOConfig(Section):
         if algo.dynamic_sampling and algo.advantage not in GROUP_ESTIMATORS:
             raise ValueError(f"algorithm.dynamic_sampling drops groups of equal rewards: algorithm.advantage must be one "
                              f"of {', '.join(GROUP_ESTIMATORS)} (got {algo.advantage})")
+        if self.environment is not None and algo.advantage not in SEQUENCE_ESTIMATORS:
+            raise ValueError(f"environment: multi-turn episodes are scored as a whole, so algorithm.advantage must be "
+                             f"one of {', '.join(SEQUENCE_ESTIMATORS)} (got {algo.advantage})")
         buffer = self.reward.overlong_buffer
         if buffer is not None and buffer > self.sampling.max_tokens:
             raise ValueError(f"reward.overlong_buffer ({buffer}) must be at most sampling.max_tokens ({self.sampling.max_tokens})")
-        if not self.reward.model and not self.reward.functions:
-            raise ValueError("reward: set reward.model and/or reward.functions (something must score the responses)")
+        if not self.reward.model and not self.reward.functions and self.environment is None:
+            raise ValueError("reward: set reward.model and/or reward.functions, or an environment (something must score the responses)")
         seen = [role for group in self.colocate for role in group]
         if len(seen) != len(set(seen)):
             raise ValueError(f"colocate: a model appears in two groups: {self.colocate}")
@@ -228,6 +232,11 @@ class PPOConfig(Section):
         if self.reference_is_actor:
             groups = [[*g, "reference"] if "actor" in g else g for g in groups]
         return groups
+
+    @property
+    def response_budget(self) -> int:
+        """Most response tokens of one sample: a turn's sampling.max_tokens, or an episode's environment budget."""
+        return self.environment.max_total_tokens if self.environment else self.sampling.max_tokens
 
     def strategy_for(self, role: Role) -> StrategyConfig:
         return self.role_strategies.get(role, self.strategy)

@@ -30,7 +30,8 @@ from alignment.ppo.shaping import fill_groups, informative_groups, overlong_pena
 from alignment.stats import pass_at_k
 
 if TYPE_CHECKING:
-    from rollout.engine import RolloutEngines
+    from rollout.engine import Generation, RolloutEngines
+    from rollout.multiturn import Trajectory
 
 
 class PPOModels:
@@ -179,6 +180,7 @@ class PPOJob:
         self.verifier = load_reward_function(cfg.reward.verifier) if cfg.reward.verifier else None
         algo = cfg.algorithm
         self.batch_size = algo.prompts_per_step * cfg.sampling.n
+        self.make_environment = environment_factory(cfg) if cfg.environment else None
         self.timer = self.run.timer
         self.engines = self.models = None
         try:
@@ -203,7 +205,7 @@ class PPOJob:
             start_ray(cfg.cluster, cpus=groups + cfg.rollout.num_engines * cfg.rollout.cpus_per_engine)
             self.engines = RolloutEngines(cfg.model, cfg.rollout, tokenizer=cfg.tokenizer, wait=False,
                                           chat_template=cfg.chat_template)
-            room, limit = cfg.sampling.max_tokens, cfg.rollout.max_model_len
+            room, limit = cfg.response_budget, cfg.rollout.max_model_len
             self.prompts, self.prompt_ids = load_prompts(cfg.data.train, cfg.data.prompt_field, self.engines.tokenizer, room, limit)
             self.rows = read_records(cfg.data.train)
             self.eval_prompts, self.eval_ids, self.eval_rows = [], [], []
@@ -227,8 +229,8 @@ class PPOJob:
         ``prompts_per_step`` groups are kept; short of that, kept groups repeat to fill the batch."""
         cfg, algo, n = self.config, self.config.algorithm, self.config.sampling.n
         indices = self.sampler.indices(step - 1)
-        batch, parts = self.sample(indices, cfg.train.seed * 100_003 + step)
-        metrics = self.score_metrics(batch, parts)
+        batch, parts, episodes = self.sample(indices, cfg.train.seed * 100_003 + step)
+        metrics = {**self.score_metrics(batch, parts), **episodes}
         if not algo.dynamic_sampling:
             return batch, metrics
         wanted, used = algo.prompts_per_step, set(indices)
@@ -239,7 +241,7 @@ class PPOJob:
             rounds += 1
             extra = self.extra_prompts(step, rounds, used, wanted)
             used.update(extra)
-            more, _ = self.sample(extra, cfg.train.seed * 100_003 + step + 7_777 * rounds)
+            more, _, _ = self.sample(extra, cfg.train.seed * 100_003 + step + 7_777 * rounds)
             generated += len(extra)
             kept += [more.select(range(g * n, (g + 1) * n), trim=False)
                      for g in informative_groups(more.scores, n).nonzero().flatten().tolist()]
@@ -260,14 +262,29 @@ class PPOJob:
         rng = np.random.default_rng([self.config.train.seed, step, round_])
         return rng.choice(free, size=min(count, len(free)), replace=False).tolist()
 
-    def sample(self, indices: list[int], seed: int) -> tuple[RolloutBatch, dict[str, torch.Tensor]]:
-        """The rollout batch of ``sampling.n`` responses to each training prompt at ``indices``, scored."""
+    def respond(self, prompt_ids: list[list[int]], prompts: list, rows: list[dict],
+                sampling) -> tuple[list[Generation] | list[Trajectory], dict[str, float]]:
+        """``sampling.n`` responses per prompt: one generation each, or a multi-turn episode in the
+        environment (with the episodes' metrics)."""
+        if self.make_environment is None:
+            return self.engines.generate(prompt_ids, sampling), {}
+        from rollout.multiturn import episode_metrics, run_episodes
+
+        episodes = run_episodes(self.engines, prompt_ids, prompts, rows, sampling, self.config.environment,
+                                self.make_environment)
+        return episodes, episode_metrics(episodes)
+
+    def sample(self, indices: list[int], seed: int) -> tuple[RolloutBatch, dict[str, torch.Tensor], dict[str, float]]:
+        """The rollout batch of ``sampling.n`` responses (or episodes) to each training prompt at ``indices``,
+        scored; the score's parts; the episodes' metrics."""
         cfg = self.config
         sampling = cfg.sampling.model_copy(update={"seed": seed, "logprobs": True})
-        generations = self.engines.generate([self.prompt_ids[i] for i in indices], sampling)
+        generations, episodes = self.respond([self.prompt_ids[i] for i in indices], [self.prompts[i] for i in indices],
+                                             [self.rows[i] for i in indices], sampling)
         eos = self.engines.tokenizer.eos_token_id
         rows = [indices[g.prompt_index] for g in generations]
         empty = [not g.token_ids for g in generations]  # an empty response is scored as its EOS alone
+        multiturn = self.make_environment is not None
         batch = RolloutBatch.from_samples(
             prompt_ids=[self.prompt_ids[i] for i in rows],
             response_ids=[[eos] if e else g.token_ids for g, e in zip(generations, empty)],
@@ -277,15 +294,23 @@ class PPOJob:
             prompts=[self.prompts[i] for i in rows],
             texts=[g.text for g in generations],
             rows=rows,
+            policy_mask=[[1] if e else g.policy_mask for g, e in zip(generations, empty)] if multiturn else None,
+            messages=[g.messages for g in generations] if multiturn else (),
         )
+        outcome = None
+        if multiturn:
+            outcome = (torch.tensor([g.reward for g in generations]), torch.tensor([g.failed for g in generations]))
         batch.scores, parts = self.scores(batch.prompts, batch.texts, self.rows, rows, batch.response_lengths,
-                                          batch.finished)
-        return batch, parts
+                                          batch.finished, outcome)
+        return batch, parts, episodes
 
-    def scores(self, prompts: list, texts: list[str], rows: list[dict], indices: list[int],
-               lengths: torch.Tensor, finished: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def scores(self, prompts: list, texts: list[str], rows: list[dict], indices: list[int], lengths: torch.Tensor,
+               finished: torch.Tensor, episodes: tuple[torch.Tensor, torch.Tensor] | None = None,
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The reward of each response and its parts: reward model + reward functions (reading the columns
-        of each prompt's data row), then the missing-EOS and overlong penalties, then the clip."""
+        of each prompt's data row) + the environment's reward, then the missing-EOS and overlong
+        penalties, then the clip. ``episodes``: each episode's environment reward and whether it failed
+        (a failed episode scores 0)."""
         cfg = self.config.reward
         columns = columns_of(rows, indices)
         parts: dict[str, torch.Tensor] = {}
@@ -293,15 +318,19 @@ class PPOJob:
             parts["model"] = self.models.score(prompts, texts)
         for spec, function in self.reward_functions.items():
             parts[spec] = torch.tensor(function(prompts, texts, columns), dtype=torch.float32)
+        if episodes is not None:
+            parts["environment"] = episodes[0].float()
         scores = torch.stack(list(parts.values())).sum(dim=0)
         if cfg.missing_eos_penalty is not None:
             scores = scores - cfg.missing_eos_penalty * (~finished).float()
         if cfg.overlong_buffer is not None:
-            parts["overlong"] = overlong_penalty(lengths, self.config.sampling.max_tokens, cfg.overlong_buffer,
+            parts["overlong"] = overlong_penalty(lengths, self.config.response_budget, cfg.overlong_buffer,
                                                  cfg.overlong_factor)
             scores = scores + parts["overlong"]
         if cfg.clip is not None:
             scores = scores.clamp(-cfg.clip, cfg.clip)
+        if episodes is not None:
+            scores = scores.masked_fill(episodes[1], 0.0)
         return scores, parts
 
     def score_metrics(self, batch: RolloutBatch, parts: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -325,46 +354,12 @@ class PPOJob:
     def experience(self, batch: RolloutBatch) -> tuple[RolloutBatch, dict[str, float]]:
         """Fill in the batch's training targets (old log-probs, advantages, values and returns) and the
         loss weights against the engine/trainer mismatch."""
-        cfg = self.config
-        algo, roles = cfg.algorithm, cfg.roles
-        mask = batch.response_mask
+        roles = self.config.roles
         logprobs = self.models.forward("actor", batch)
         ref_logprobs = self.models.forward("reference", batch) if "reference" in roles else None
         values = self.models.forward("critic", batch) if "critic" in roles else None
-        exp = compute_experience(algo, cfg.kl, self.kl.value, batch.scores, logprobs, mask, ref_logprobs, values,
-                                 cfg.sampling.n)
-        batch.old_logprobs, batch.advantages = logprobs, exp.advantages * mask
-        if values is not None:
-            batch.old_values, batch.returns = values, exp.returns * mask
-        if cfg.kl_in_loss:
-            batch.ref_logprobs = ref_logprobs
-        metrics = {"rollout/mismatch": logprob_mismatch(logprobs, batch.rollout_logprobs, mask)}
-        keep = torch.ones(len(batch))
-        if cfg.reward.mask_truncated:
-            keep = keep * batch.finished.float()
-        if algo.mismatch_mask is not None:
-            matched = mismatch_sequence_mask(logprobs, batch.rollout_logprobs, mask, algo.mismatch_mask)
-            metrics["mismatch/masked_fraction"] = float(1.0 - matched.mean())
-            keep = keep * matched
-        batch.loss_mask = batch.loss_mask * keep[:, None]
-        if algo.tis_cap is not None:
-            batch.is_weights, capped = truncated_is_weights(logprobs, batch.rollout_logprobs, mask, algo.tis_cap)
-            metrics["mismatch/capped_fraction"] = float((capped * mask).sum() / mask.sum())
-        lengths = mask.sum(dim=1)
-        sequence_kl = (((logprobs - ref_logprobs) * mask).sum(dim=1) if ref_logprobs is not None
-                       else torch.zeros(len(batch)))
-        metrics.update({
-            "kl/sequence": float(sequence_kl.mean()),
-            "kl/token_estimate": float((exp.kl * mask).sum() / mask.sum()),
-            "kl/coef": self.kl.value,
-            "advantages/mean": float((exp.advantages * mask).sum() / mask.sum()),
-            "train/response_length": float(lengths.mean()),
-            "train/loss_fraction": float(batch.loss_mask.sum() / mask.sum()),
-        })
-        if values is not None:
-            metrics["critic/explained_variance"] = explained_variance(values, exp.returns, mask)
-            metrics["critic/returns"] = float((exp.returns * mask).sum() / mask.sum())
-        self.kl.update(float(sequence_kl.mean()), len(batch))
+        metrics, sequence_kl = experience_targets(self.config, self.kl.value, batch, logprobs, ref_logprobs, values)
+        self.kl.update(sequence_kl, len(batch))
         return batch, metrics
 
     def train(self, step: int, batch: RolloutBatch) -> dict[str, float]:
@@ -393,24 +388,33 @@ class PPOJob:
         cfg = self.config
         n = cfg.train.eval_samples
         sampling = cfg.sampling.model_copy(update={"n": n, "seed": cfg.train.seed + 7919})
-        generations = self.engines.generate(self.eval_ids, sampling)
+        generations, episodes = self.respond(self.eval_ids, self.eval_prompts, self.eval_rows, sampling)
         prompts = [self.eval_prompts[g.prompt_index] for g in generations]
         texts = [g.text for g in generations]
         indices = [g.prompt_index for g in generations]
         lengths = torch.tensor([max(1, len(g.token_ids)) for g in generations])
         finished = torch.tensor([g.finish_reason == "stop" for g in generations])
-        metrics = {"eval/length": sum(len(g.token_ids) for g in generations) / len(generations)}
-        scores, _ = self.scores(prompts, texts, self.eval_rows, indices, lengths, finished)
+        metrics = {"eval/length": sum(len(g.token_ids) for g in generations) / len(generations),
+                   **{key.replace("env/", "eval/env_", 1): value for key, value in episodes.items()}}
+        outcome = None
+        if self.make_environment is not None:
+            outcome = (torch.tensor([g.reward for g in generations]), torch.tensor([g.failed for g in generations]))
+        scores, _ = self.scores(prompts, texts, self.eval_rows, indices, lengths, finished, outcome)
         metrics["eval/score"] = float(scores.mean())
         columns = columns_of(self.eval_rows, indices)
         if self.gold is not None:
             metrics["eval/gold"] = sum(gold := self.gold(prompts, texts, columns)) / len(gold)
         if self.verifier is not None:
-            metrics.update(verifier_metrics(self.verifier(prompts, texts, columns), indices, n))
-            greedy = self.engines.generate(self.eval_ids, cfg.sampling.model_copy(update={"n": 1, "temperature": 0.0}))
+            correct = self.verifier(prompts, texts, columns)
+            if outcome is not None:  # a failed episode is not a success
+                correct = [0.0 if failed else value for value, failed in zip(correct, outcome[1].tolist())]
+            metrics.update(verifier_metrics(correct, indices, n))
+            greedy, _ = self.respond(self.eval_ids, self.eval_prompts, self.eval_rows,
+                                     cfg.sampling.model_copy(update={"n": 1, "temperature": 0.0}))
             order = [g.prompt_index for g in greedy]
             correct = self.verifier([self.eval_prompts[i] for i in order], [g.text for g in greedy],
                                     columns_of(self.eval_rows, order))
+            correct = [0.0 if getattr(g, "failed", False) else value for g, value in zip(greedy, correct)]
             metrics["eval/greedy_accuracy"] = sum(correct) / len(correct)
         return metrics
 
@@ -423,7 +427,8 @@ class PPOJob:
     def _log_samples(self, batch: RolloutBatch, scores: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
         count = min(self.config.train.samples_to_log, len(batch))
         self.pending_samples = [
-            {"prompt": batch.prompts[i], "response": batch.texts[i], "score": round(float(scores[i]), 4),
+            {"prompt": batch.prompts[i], "score": round(float(scores[i]), 4),
+             "response": conversation_text(batch.messages[i]) if batch.messages else batch.texts[i],
              **{name: round(float(v[i]), 4) for name, v in parts.items()}, "finished": bool(batch.finished[i])}
             for i in range(count)
         ]
@@ -442,6 +447,52 @@ class PPOJob:
             self.models.shutdown()
         if self.engines is not None:
             self.engines.shutdown()
+        if self.make_environment is not None:
+            from rollout.tools import close_runners
+
+            close_runners()
+
+
+def experience_targets(cfg: PPOConfig, kl_coef: float, batch: RolloutBatch, logprobs: torch.Tensor,
+                       ref_logprobs: torch.Tensor | None, values: torch.Tensor | None) -> tuple[dict[str, float], float]:
+    """Set ``batch``'s training targets from the models' per-token outputs, over the policy's tokens only
+    (``batch.loss_mask`` as the rollout left it: in a multi-turn episode the environment's tokens are
+    out); returns the experience metrics and the mean sequence KL (for the KL controller)."""
+    algo = cfg.algorithm
+    mask = batch.loss_mask.clone()
+    exp = compute_experience(algo, cfg.kl, kl_coef, batch.scores, logprobs, mask, ref_logprobs, values, cfg.sampling.n)
+    batch.old_logprobs, batch.advantages = logprobs, exp.advantages * mask
+    if values is not None:
+        batch.old_values, batch.returns = values, exp.returns * mask
+    if cfg.kl_in_loss:
+        batch.ref_logprobs = ref_logprobs
+    metrics = {"rollout/mismatch": logprob_mismatch(logprobs, batch.rollout_logprobs, mask)}
+    keep = torch.ones(len(batch))
+    if cfg.reward.mask_truncated:
+        keep = keep * batch.finished.float()
+    if algo.mismatch_mask is not None:
+        matched = mismatch_sequence_mask(logprobs, batch.rollout_logprobs, mask, algo.mismatch_mask)
+        metrics["mismatch/masked_fraction"] = float(1.0 - matched.mean())
+        keep = keep * matched
+    batch.loss_mask = batch.loss_mask * keep[:, None]
+    if algo.tis_cap is not None:
+        batch.is_weights, capped = truncated_is_weights(logprobs, batch.rollout_logprobs, mask, algo.tis_cap)
+        metrics["mismatch/capped_fraction"] = float((capped * mask).sum() / mask.sum())
+    lengths = mask.sum(dim=1)
+    sequence_kl = (((logprobs - ref_logprobs) * mask).sum(dim=1) if ref_logprobs is not None
+                   else torch.zeros(len(batch)))
+    metrics.update({
+        "kl/sequence": float(sequence_kl.mean()),
+        "kl/token_estimate": float((exp.kl * mask).sum() / mask.sum()),
+        "kl/coef": kl_coef,
+        "advantages/mean": float((exp.advantages * mask).sum() / mask.sum()),
+        "train/response_length": float(lengths.mean()),
+        "train/loss_fraction": float(batch.loss_mask.sum() / mask.sum()),
+    })
+    if values is not None:
+        metrics["critic/explained_variance"] = explained_variance(values, exp.returns, mask)
+        metrics["critic/returns"] = float((exp.returns * mask).sum() / mask.sum())
+    return metrics, float(sequence_kl.mean())
 
 
 def join_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
@@ -453,9 +504,32 @@ def join_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
         rollout_logprobs=[b.rollout_logprobs[i, : int(b.response_lengths[i])].tolist() for b, i in samples],
         finished=[bool(b.finished[i]) for b, i in samples], pad_id=pad_id,
         prompts=[b.prompts[i] for b, i in samples], texts=[b.texts[i] for b, i in samples],
-        rows=[b.rows[i] for b, i in samples])
+        rows=[b.rows[i] for b, i in samples],
+        policy_mask=[b.loss_mask[i, : int(b.response_lengths[i])].tolist() for b, i in samples],
+        messages=[b.messages[i] for b, i in samples if b.messages])
     joined.scores = torch.cat([b.scores for b in batches])
     return joined
+
+
+def conversation_text(messages: list[dict[str, str]]) -> str:
+    """An episode's turns for samples.log: the policy's as they are, the environment's marked by role."""
+    return "\n".join(m["content"] if m["role"] == "assistant" else f"[{m['role']}] {m['content']}" for m in messages)
+
+
+def environment_factory(config: PPOConfig):
+    """One fresh environment per episode, from ``config.environment`` (checked now: before any engine starts)."""
+    from rollout.environment import environment_factory as factory
+    from rollout.environment import resolve_environment
+    from rollout.tools import ToolEnvironment
+
+    env = config.environment
+    kwargs = dict(env.kwargs)
+    if issubclass(resolve_environment(env.name), ToolEnvironment):
+        kwargs = {"tools": env.tools, "timeout_s": env.tool_timeout_s, "memory_mb": env.tool_memory_mb, **kwargs}
+    elif env.tools:
+        raise AlignError(f"environment.tools is set but environment.name={env.name!r} is not a tools environment "
+                         "(rollout.tools.ToolEnvironment or a subclass): pass what it needs in environment.kwargs")
+    return factory(env.name, kwargs)
 
 
 def verifier_metrics(correct: list[float], prompt_indices: list[int], n: int) -> dict[str, float]:
