@@ -328,3 +328,57 @@ def test_episodes_keep_the_engines_tokens_and_append_rendered_observations(micro
     policy = batch.loss_mask.bool()
     assert (logprobs[policy] - batch.rollout_logprobs[policy]).abs().max() < 2e-3
     assert (batch.rollout_logprobs[~policy] == 0).all()
+
+
+# ---- the job: kill and resume --------------------------------------------------------------------
+
+
+def multiturn_tree(micro_model, output_dir, **overrides) -> dict:
+    """GRPO on the micro model in a two-turn environment (reward 1 per turn, plus the sentiment judge)."""
+    from tests.conftest import with_overrides
+    from tests.test_ppo import ppo_tree
+
+    tree = ppo_tree(micro_model, output_dir)
+    tree["reward"] = {"functions": ["sentiment_judge"]}
+    tree["algorithm"] = {"advantage": "grpo", "prompts_per_step": 4, "mini_batch_size": 8}
+    tree["kl"] = {"coef": 0.05, "use_in": "loss", "estimator": "k3"}
+    tree["sampling"] = {"n": 2, "max_tokens": 12, "stop": list("etaoinsrh")}
+    tree["environment"] = {"name": f"{HELPERS}:CountingEnvironment", "kwargs": {"observation": " [ok] ", "turns": 2},
+                           "max_turns": 3, "max_total_tokens": 48}
+    tree["train"].update({"max_steps": 4, "save_every": 2, "eval_every": 4})
+    return with_overrides(tree, overrides)
+
+
+@pytest.mark.slow
+def test_a_killed_multi_turn_job_resumes_to_the_uninterrupted_run(micro_model, tmp_path):
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    from tests.conftest import ALIGN, REPO, read_metrics, resume_run, sigkill_after_checkpoint, subprocess_env
+
+    straight = tmp_path / "straight"
+    config = tmp_path / "straight.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump(multiturn_tree(micro_model, straight)))
+    result = subprocess.run([*ALIGN, "ppo", "--config", str(config)], cwd=REPO, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_metrics(straight)
+    steps = rows[1:]
+    assert all(r["env/turns"] > 1.0 and r["env/env_tokens"] > 0 for r in steps), [r["env/turns"] for r in steps]
+    assert all(r["reward/environment"] >= 1.0 for r in steps)
+    assert {"eval/env_turns", "eval/env_tool_use", "env/seconds"} <= rows[-1].keys()
+    assert all(r["rollout/mismatch"] < 1.05 for r in steps)  # policy tokens line up with the engine's
+    assert "[environment]  [ok] " in (straight / "samples.log").read_text()
+
+    killed = tmp_path / "killed"
+    command = sigkill_after_checkpoint("ppo", multiturn_tree(micro_model, killed), killed, 2)
+    assert "at step 2" in resume_run(command)
+    expected, actual = load_file(straight / "final" / "model.safetensors"), load_file(killed / "final" / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    again = read_metrics(killed)
+    for key in ("env/turns", "reward/score", "policy/loss"):
+        assert again[-1][key] == pytest.approx(rows[-1][key], rel=1e-4, abs=1e-6), key
