@@ -93,6 +93,8 @@ class BattleView(BaseModel):
     a: str
     b: str
     render: str = "text"  # the project's display mode: "text" (as written) or "markdown"
+    a_messages: list[dict[str, str]] | None = None  # a trajectory answer's messages (``a``: its final message)
+    b_messages: list[dict[str, str]] | None = None
 
 
 class Reveal(BaseModel):
@@ -141,6 +143,8 @@ def next_battle(store: Store, user: User, project_name: str) -> BattleView | Non
             a=first.text,
             b=second.text,
             render=project.render,
+            a_messages=first.messages,
+            b_messages=second.messages,
         )
 
 

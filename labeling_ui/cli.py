@@ -76,7 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     importer = with_db(commands.add_parser("import", help="import prompts with candidates from JSONL"))
     importer.add_argument("project")
     importer.add_argument(
-        "file", help='JSONL: {"id": ..., "prompt": ..., "candidates": ["...", {"text": ..., "model": ...}]}'
+        "file", help='JSONL: {"id": ..., "prompt": ..., "candidates": ["...", {"text": ..., "model": ...}, '
+        '{"messages": [{"role": ..., "content": ...}, ...], "model": ...}]} (the last: a trajectory)'
     )
     importer.add_argument(
         "--annotations-per-item",
@@ -224,6 +225,7 @@ def _import(args: argparse.Namespace) -> int:
         store,
         args.project,
         read_jsonl(args.file),
+        source=args.file,
         annotations_per_item=args.annotations_per_item,
         guidelines=guidelines,
         render=args.render,

@@ -8,7 +8,10 @@
 
 The prompt is exported in the form it was imported: text (TRL's standard format, trained without a
 chat template) or, for items imported with ``messages``, the chat messages, with every answer as one
-assistant message (TRL's conversational format).
+assistant message (TRL's conversational format). An item with a trajectory candidate (a multi-turn,
+tool-using conversation) is conversational too: its trajectories are exported as their message lists,
+its other answers as one assistant message each, a text prompt as one user message; the SFT row of a
+trajectory's correction is ``{"messages": prompt + corrected trajectory}``.
 """
 
 from __future__ import annotations
@@ -40,14 +43,26 @@ KINDS = ("pairs", "kto", "sft")
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
-def _prompt(item: ItemView) -> str | list[dict[str, Any]]:
-    """The prompt as imported: its chat messages, or its text."""
-    return item.prompt_messages or item.prompt
+Answer = str | list[dict[str, str]]  # a candidate's text, or a trajectory's messages
 
 
-def _response(item: ItemView, text: str) -> str | list[dict[str, str]]:
-    """A candidate as the row's format needs it: text, or one assistant message after a chat prompt."""
-    return [{"role": "assistant", "content": text}] if item.prompt_messages else text
+def _is_chat(item: ItemView, *answers: Answer | None) -> bool:
+    """Whether the item's rows are conversational: a chat prompt, or a trajectory among its answers."""
+    return bool(item.prompt_messages or item.trajectories) or any(isinstance(answer, list) for answer in answers)
+
+
+def _prompt(item: ItemView, chat: bool) -> str | list[dict[str, Any]]:
+    """The prompt as imported (its chat messages, or its text); a text prompt of a chat row as one user message."""
+    if item.prompt_messages:
+        return item.prompt_messages
+    return [{"role": "user", "content": item.prompt}] if chat else item.prompt
+
+
+def _response(answer: Answer, chat: bool) -> Answer:
+    """A candidate as the row's format needs it: a trajectory's messages, text, or one assistant message in a chat row."""
+    if isinstance(answer, list):
+        return answer
+    return [{"role": "assistant", "content": answer}] if chat else answer
 
 
 def preference_rows(items: Sequence[RankedItem], mode: Mode = "all") -> list[dict[str, Any]]:
@@ -56,14 +71,15 @@ def preference_rows(items: Sequence[RankedItem], mode: Mode = "all") -> list[dic
         raise AlignError(f"export mode must be 'all' or 'consensus', not {mode!r}")
     rows = []
     for item in items:
+        chat = _is_chat(item)
         rankings = [consensus(item.rankings)] if mode == "consensus" else list(item.rankings.values())
         for ranks in rankings:
             for better, worse in ranking_pairs(ranks):
                 rows.append(
                     {
-                        "prompt": _prompt(item),
-                        "chosen": _response(item, item.candidates[better]),
-                        "rejected": _response(item, item.candidates[worse]),
+                        "prompt": _prompt(item, chat),
+                        "chosen": _response(item.answer(better), chat),
+                        "rejected": _response(item.answer(worse), chat),
                     }
                 )
     return rows
@@ -81,11 +97,13 @@ def kto_rows(items: Sequence[RatedItem], threshold: int) -> list[dict[str, Any]]
     """TRL's unpaired format: ``{"prompt", "completion", "label"}`` per rated candidate (ties left out)."""
     rows = []
     for item in items:
-        for candidate, text in item.candidates.items():
+        chat = _is_chat(item)
+        for candidate in item.candidates:
             given = [scores[candidate] for scores in item.ratings.values() if candidate in scores]
             label = desirable(given, threshold) if given else None
             if label is not None:
-                rows.append({"prompt": _prompt(item), "completion": _response(item, text), "label": label})
+                rows.append({"prompt": _prompt(item, chat), "completion": _response(item.answer(candidate), chat),
+                             "label": label})
     return rows
 
 
@@ -97,23 +115,36 @@ def _column_type(name: str, values: list[Any]):
         return pa.bool_()
     if any(isinstance(value, list) for value in values):
         if not all(isinstance(value, list) for value in values):
-            raise AlignError("the project mixes text and chat prompts; export it as .jsonl (Parquet needs one type)")
+            raise AlignError("the project mixes text and chat rows (chat prompts or trajectories); export it as "
+                             ".jsonl (Parquet needs one type)")
         return pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
     return pa.string()
 
 
 def correction_pairs(items: Sequence[Correction]) -> list[dict[str, Any]]:
     """Each correction over the answer it corrects (new answers of an annotator's own make no pair)."""
-    return [
-        {"prompt": _prompt(item), "chosen": _response(item, item.text), "rejected": _response(item, item.original)}
-        for item in items
-        if item.original is not None
-    ]
+    rows = []
+    for item in items:
+        corrected, replaced = item.corrected(), item.replaced()
+        if replaced is not None:
+            chat = _is_chat(item, corrected, replaced)
+            rows.append({"prompt": _prompt(item, chat), "chosen": _response(corrected, chat),
+                         "rejected": _response(replaced, chat)})
+    return rows
+
+
+def sft_row(item: Correction) -> dict[str, Any]:
+    """TRL's prompt-completion row of a correction or new answer, the text exactly as written; a trajectory's
+    correction as TRL's conversational ``messages`` (the prompt's messages, then the corrected trajectory)."""
+    if item.messages:
+        return {"messages": _prompt(item, chat=True) + item.messages}
+    chat = _is_chat(item)
+    return {"prompt": _prompt(item, chat), "completion": _response(item.text, chat)}
 
 
 def sft_rows(items: Sequence[Correction]) -> list[dict[str, Any]]:
-    """TRL's prompt-completion format: one row per correction or new answer, the text exactly as written."""
-    return [{"prompt": _prompt(item), "completion": _response(item, item.text)} for item in items]
+    """One SFT row (:func:`sft_row`) per correction or new answer."""
+    return [sft_row(item) for item in items]
 
 
 def write_rows(rows: list[dict[str, Any]], path: str | Path, file_format: str | None = None) -> Path:
@@ -133,6 +164,9 @@ def write_rows(rows: list[dict[str, Any]], path: str | Path, file_format: str | 
         import pyarrow.parquet as pq
 
         columns = list(rows[0]) if rows else ["prompt", "chosen", "rejected"]
+        if any(set(row) != set(columns) for row in rows):
+            raise AlignError("the rows differ in their columns (SFT rows of trajectories are `messages`, the others "
+                             "prompt/completion); export them as .jsonl (Parquet needs one set of columns)")
         schema = pa.schema([(name, _column_type(name, [row[name] for row in rows])) for name in columns])
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), temporary)
     temporary.replace(path)

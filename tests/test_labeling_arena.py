@@ -176,7 +176,9 @@ def test_battles_pair_different_models_and_hide_names_until_the_vote(db):
     truth = model_by_text(db, "duel")
     for user in annotators(db, ["ann", "bea", "cid"]):
         view = arena.next_battle(db, user, "duel")
-        assert set(view.model_dump()) == {"battle_id", "project", "guidelines", "prompt", "a", "b", "render"}
+        assert set(view.model_dump()) == {"battle_id", "project", "guidelines", "prompt", "a", "b", "render",
+                                          "a_messages", "b_messages"}  # messages: trajectory answers only
+        assert (view.a_messages, view.b_messages) == (None, None)
         assert "ckpt" not in view.model_dump_json()  # no model name before the vote
         shown = arena.cast_vote(db, user, view.battle_id, "a")
         assert (shown.model_a, shown.model_b) == (
@@ -333,7 +335,7 @@ def test_annotator_votes_through_gradio_and_cannot_read_the_leaderboard(server):
     process, store = server
     newbie = Client(process.url, auth=("newbie", PASSWORD), verbose=False)
     battle = json.loads(newbie.predict("fresh", api_name="/arena_next"))
-    assert set(battle) == {"battle_id", "project", "guidelines", "prompt", "a", "b", "render"}
+    assert set(battle) == {"battle_id", "project", "guidelines", "prompt", "a", "b", "render", "a_messages", "b_messages"}
     with pytest.raises(Exception, match="vote must be one of"):
         newbie.predict(battle["battle_id"], "left", api_name="/arena_vote")
     revealed = json.loads(newbie.predict(battle["battle_id"], "b", api_name="/arena_vote"))

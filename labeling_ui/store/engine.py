@@ -54,6 +54,7 @@ ADDED_COLUMNS = (
     ("projects", "rating_threshold", "INTEGER"),
     ("candidates", "author_id", "INTEGER"),
     ("candidates", "corrects_id", "INTEGER"),
+    ("candidates", "messages", "JSON"),
 )
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator
 from sqlalchemy import (
     select,
 )
 from sqlalchemy.orm import Session
 
+from alignment.data import row_location
 from alignment.errors import AlignError
 from labeling_ui.store.engine import Store, audit
 from labeling_ui.store.schema import (
@@ -24,17 +25,38 @@ from labeling_ui.store.schema import (
     Item,
     Project,
 )
+from labeling_ui.store.trajectories import TrajectoryCandidate, final_answer
+
+
+def _candidate_kind(value: Any) -> str | None:
+    """Which form a candidate has: ``text`` (a string), ``trajectory`` (an object with ``messages``) or
+    ``object`` (``{"text", "model"}``)."""
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, dict):
+        return "trajectory" if "messages" in value else "object"
+    return None
+
+
+CandidateRecord = Annotated[
+    Annotated[str, Tag("text")] | Annotated[dict[str, str], Tag("object")]
+    | Annotated[TrajectoryCandidate, Tag("trajectory")],
+    Discriminator(_candidate_kind, custom_error_type="candidate",
+                  custom_error_message='a candidate is a string, {"text", "model"} or {"messages", "model"}'),
+]
 
 
 class ItemRecord(BaseModel):
     """One line of an import file. A ranking needs two candidates or more, a rating one or more
-    (validation context ``{"min_candidates": n}``; 2 without one)."""
+    (validation context ``{"min_candidates": n}``; 2 without one). A candidate is text, ``{"text",
+    "model"}``, or a trajectory ``{"messages": [{"role", "content"}, ...], "model"}``
+    (labeling_ui.store.trajectories)."""
 
     id: str | None = None
     prompt: str = Field(min_length=1)
     messages: list[dict[str, Any]] | None = Field(
         None, description="The prompt as chat messages, when it is a chat: exported in this form (TRL's conversational format).")
-    candidates: list[str | dict[str, str]]
+    candidates: list[CandidateRecord]
 
     @field_validator("candidates")
     @classmethod
@@ -44,7 +66,7 @@ class ItemRecord(BaseModel):
             raise ValueError(f"need {least} to {MAX_CANDIDATES} candidates, got {len(value)}")
         for candidate in value:
             if isinstance(candidate, dict) and not candidate.get("text"):
-                raise ValueError("a candidate object needs a non-empty 'text'")
+                raise ValueError("a candidate object needs a non-empty 'text' (or 'messages': a trajectory)")
         return value
 
 
@@ -86,16 +108,30 @@ class FeedbackSettings(BaseModel):
         return FeedbackSettings(feedback="rating", rating_scale=scale, rating_threshold=threshold)
 
 
-def _parse_records(records: list[dict[str, Any]], feedback: str) -> list[ItemRecord]:
+def _parse_records(records: list[dict[str, Any]], feedback: str, source: str | Path | None) -> list[ItemRecord]:
+    """Every record validated; the first bad one stops with ``file:line`` (given the JSONL ``source``) or
+    ``record N``."""
     context = {"min_candidates": 1 if feedback == "rating" else 2}
     parsed = []
-    for line_number, record in enumerate(records, start=1):
+    for index, record in enumerate(records):
         try:
             parsed.append(ItemRecord.model_validate(record, context=context))
         except ValidationError as error:
-            problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-            raise AlignError(f"record {line_number}: {problem}") from error
+            problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                                for e in error.errors())
+            where = row_location(source, index) if source is not None else f"record {index + 1}"
+            raise AlignError(f"{where}: {problem}") from error
     return parsed
+
+
+def _candidate_row(candidate: str | dict[str, str] | TrajectoryCandidate) -> dict[str, Any]:
+    """A validated candidate as the columns it is stored in: text, source (model) and messages."""
+    if isinstance(candidate, str):
+        return {"text": candidate, "source": "", "messages": None}
+    if isinstance(candidate, TrajectoryCandidate):
+        messages = candidate.message_dicts()
+        return {"text": final_answer(messages), "source": candidate.model, "messages": messages}
+    return {"text": candidate["text"], "source": candidate.get("model", ""), "messages": None}
 
 
 def _project_for_import(session: Session, name: str, settings: dict[str, Any], feedback: FeedbackSettings) -> Project:
@@ -137,9 +173,13 @@ def import_items(
     feedback: str | None = None,
     rating_scale: int | None = None,
     rating_threshold: int | None = None,
+    source: str | Path | None = None,
     by: str = "cli",
 ) -> dict[str, int]:
     """Create the project if needed and add items; items whose id already exists are skipped.
+
+    ``source``: the JSONL file the records were read from (:func:`read_jsonl`), so that a bad record is
+    named by its file and line; without it, ``record N``.
 
     ``render`` (``text``, the default for a new project, or ``markdown``) sets how the project's
     prompts and candidates are shown (labeling_ui.display); None keeps an existing project's choice.
@@ -155,7 +195,7 @@ def import_items(
         project = _project_for_import(session, project_name, settings, wanted)
         if project.annotations_per_item < 1:
             raise AlignError("annotations per item must be at least 1")
-        parsed = _parse_records(records, project.feedback)
+        parsed = _parse_records(records, project.feedback, source)
         existing = set(session.scalars(select(Item.external_id).where(Item.project_id == project.id)))
         added = 0
         for line_number, record in enumerate(parsed, start=1):
@@ -168,12 +208,7 @@ def import_items(
             session.add(item)
             session.flush()
             for position, candidate in enumerate(record.candidates):
-                text, source = (
-                    (candidate, "")
-                    if isinstance(candidate, str)
-                    else (candidate["text"], candidate.get("model", ""))
-                )
-                session.add(Candidate(item_id=item.id, position=position, text=text, source=source))
+                session.add(Candidate(item_id=item.id, position=position, **_candidate_row(candidate)))
             added += 1
         audit(session, by, "import", project=project_name, added=added, skipped=len(parsed) - added)
     return {"added": added, "skipped": len(parsed) - added}

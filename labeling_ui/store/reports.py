@@ -86,7 +86,12 @@ class ItemView(BaseModel):
     external_id: str
     prompt: str
     prompt_messages: list[dict[str, Any]] | None = None  # the prompt as imported, when it was a chat
-    candidates: dict[int, str]
+    candidates: dict[int, str]  # candidate id -> its text (a trajectory's: its final assistant message)
+    trajectories: dict[int, list[dict[str, str]]] = {}  # candidate id -> messages, for trajectory candidates
+
+    def answer(self, candidate_id: int) -> str | list[dict[str, str]]:
+        """A candidate as imported: its trajectory (messages), or its text."""
+        return self.trajectories.get(candidate_id) or self.candidates[candidate_id]
 
 
 class RankedItem(ItemView):
@@ -125,9 +130,10 @@ def _annotated_items(store: Store, project_name: str, table: type[Ranking] | typ
                 select(Candidate)
                 .where(Candidate.item_id == item.id, Candidate.author_id.is_(None))
                 .order_by(Candidate.position)
-            )
+            ).all()
             view = ItemView(item_id=item.id, external_id=item.external_id, prompt=item.prompt,
-                            prompt_messages=item.prompt_messages, candidates={c.id: c.text for c in candidates})
+                            prompt_messages=item.prompt_messages, candidates={c.id: c.text for c in candidates},
+                            trajectories={c.id: c.messages for c in candidates if c.messages})
             result.append((view, by_item[item.id]))
     return result
 
@@ -145,11 +151,22 @@ def rated_items(store: Store, project_name: str, annotator: str | None = None) -
 
 class Correction(ItemView):
     """An annotator's correction of a candidate (``original``: its text) or new answer (``original``: None),
-    from a submitted task; ``candidates`` holds the item's original answers."""
+    from a submitted task; ``candidates`` holds the item's original answers. A trajectory's correction has
+    ``messages`` (the trajectory with ``text`` as its final assistant message) and ``original_messages``."""
 
     annotator: str
     text: str
     original: str | None = None
+    messages: list[dict[str, str]] | None = None
+    original_messages: list[dict[str, str]] | None = None
+
+    def corrected(self) -> str | list[dict[str, str]]:
+        """The correction as the answer it replaces was imported: a trajectory, or text."""
+        return self.messages or self.text
+
+    def replaced(self) -> str | list[dict[str, str]] | None:
+        """The answer it corrects: a trajectory, its text, or None for a new answer."""
+        return self.original_messages or self.original
 
 
 def corrections(store: Store, project_name: str) -> list[Correction]:
@@ -158,7 +175,7 @@ def corrections(store: Store, project_name: str) -> list[Correction]:
     with store.transaction(write=False) as session:
         project = get_project(session, project_name)
         rows = session.execute(
-            select(Candidate, original.text, User.name, Item)
+            select(Candidate, original.text, original.messages, User.name, Item)
             .join(Item, Item.id == Candidate.item_id)
             .join(User, User.id == Candidate.author_id)
             .join(Assignment, (Assignment.item_id == Item.id) & (Assignment.user_id == Candidate.author_id))
@@ -169,8 +186,9 @@ def corrections(store: Store, project_name: str) -> list[Correction]:
         return [
             Correction(item_id=item.id, external_id=item.external_id, prompt=item.prompt,
                        prompt_messages=item.prompt_messages, candidates={}, annotator=name,
-                       text=candidate.text, original=original_text)
-            for candidate, original_text, name, item in rows
+                       text=candidate.text, original=original_text, messages=candidate.messages,
+                       original_messages=original_messages)
+            for candidate, original_text, original_messages, name, item in rows
         ]
 
 

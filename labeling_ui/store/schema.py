@@ -105,8 +105,11 @@ class Candidate(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
     position: Mapped[int] = mapped_column(Integer)
-    text: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)  # the answer; a trajectory's final assistant message (what Edit changes)
     source: Mapped[str] = mapped_column(String(256), default="")  # model name; never shown
+    # a trajectory candidate's whole conversation after the prompt ({role, content} messages, tool calls and
+    # tool results included), exactly as imported; None for a text candidate
+    messages: Mapped[list | None] = mapped_column(JSON, nullable=True)
     # an annotator's correction of an answer (``corrects_id``) or own new answer (no ``corrects_id``): never
     # shown to other annotators, nor ranked or rated; exported as correction over original, and for SFT
     author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True, index=True)

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, StrictInt, StrictStr, ValidationError, field_validator
-from sqlalchemy import JSON, DateTime, bindparam, func, select, text, update
+from sqlalchemy import JSON, DateTime, Integer, Text, bindparam, func, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -22,6 +22,7 @@ from labeling_ui.store.schema import (
     User,
     now,
 )
+from labeling_ui.store.trajectories import with_final_answer
 
 
 class Task(BaseModel):
@@ -31,7 +32,7 @@ class Task(BaseModel):
     project: str
     guidelines: str
     prompt: str
-    candidates: list[dict[str, Any]]  # {"id": int, "text": str}
+    candidates: list[dict[str, Any]]  # {"id": int, "text": str}; a trajectory also "messages" (text: its final answer)
     render: str = "text"  # the project's display mode: "text" (as written) or "markdown"
     feedback: str = "ranking"  # "ranking": rank every candidate; "rating": rate each one
     rating_scale: int | None = None  # rating projects: 2 (thumbs: 0 down, 1 up) or 5 (1 to 5)
@@ -63,9 +64,9 @@ _INSERT_ASSIGNMENT = text(
     " VALUES (:item, :user, 'active', '', :at) RETURNING id"
 ).bindparams(bindparam("at", type_=DateTime))
 _TASK_TEXTS = text(
-    "SELECT i.prompt, c.id, c.text FROM items i JOIN candidates c ON c.item_id = i.id"
+    "SELECT i.prompt, c.id, c.text, c.messages FROM items i JOIN candidates c ON c.item_id = i.id"
     " WHERE i.id = :item AND c.author_id IS NULL ORDER BY c.position"
-)
+).columns(prompt=Text, id=Integer, text=Text, messages=JSON)
 _CLOSE_SUBMITTED = text(
     "UPDATE assignments SET status = 'submitted', finished_at = :at"
     " WHERE id = :assignment AND user_id = :user AND status = 'active' RETURNING item_id"
@@ -87,7 +88,8 @@ _INSERT_RATING = text(
 
 def _task(connection: Connection, assignment_id: int, item_id: int, user_id: int, project: Any) -> Task:
     rows = connection.execute(_TASK_TEXTS, {"item": item_id}).all()
-    candidates = [{"id": row.id, "text": row.text} for row in rows]
+    candidates = [{"id": row.id, "text": row.text, **({"messages": row.messages} if row.messages else {})}
+                  for row in rows]
     random.Random(f"{user_id}:{item_id}").shuffle(candidates)
     return Task(
         assignment_id=assignment_id,
@@ -311,7 +313,8 @@ def submit_correction(store: Store, user: User, assignment_id: int, text: str, c
     """Store the annotator's correction of a candidate of their open task, or (``corrects=None``) a new
     answer of their own; returns its candidate id. Call it before the task's ranking or ratings.
 
-    The text is kept exactly as written (indentation, blank lines). A second correction of the same
+    The text is kept exactly as written (indentation, blank lines). A trajectory's correction is the
+    same trajectory with its final assistant message replaced by ``text``. A second correction of the same
     candidate (or a second new answer) by the same annotator replaces the first. Corrections are never shown to other
     annotators; only those of submitted tasks are exported.
     """
@@ -321,6 +324,7 @@ def submit_correction(store: Store, user: User, assignment_id: int, text: str, c
         raise InvalidInput.from_validation("malformed correction", error) from error
     with store.transaction() as session:
         assignment = _own_active_assignment(session, user, assignment_id)
+        original = None
         if given.corrects is not None:
             original = session.get(Candidate, given.corrects)
             if original is None or original.item_id != assignment.item_id or original.author_id is not None:
@@ -336,6 +340,8 @@ def submit_correction(store: Store, user: User, assignment_id: int, text: str, c
                                  author_id=user.id, corrects_id=given.corrects)
             session.add(existing)
         existing.text = given.text
+        trajectory = original.messages if original is not None else None
+        existing.messages = with_final_answer(trajectory, given.text) if trajectory else None
         session.flush()
         audit(session, user.name, "correct", assignment_id=assignment_id, item_id=assignment.item_id,
               corrects=given.corrects, candidate_id=existing.id)
