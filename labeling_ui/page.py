@@ -16,7 +16,7 @@ from labeling_ui import arena
 from labeling_ui import store as st
 from labeling_ui.admin import agreement_report, leaderboard_report
 from labeling_ui.display import CSS as DISPLAY_CSS
-from labeling_ui.display import to_html
+from labeling_ui.display import answer_html, to_html
 from labeling_ui.export import export_project
 from labeling_ui.gradio_api import current_admin, current_user, guarded, register_api
 
@@ -66,9 +66,15 @@ def prompt_html(prompt: str, render: str) -> str:
     return f"<h3>Prompt</h3>{to_html(prompt, render)}"
 
 
-def candidate_html(letter: str, text: str, render: str) -> str:
-    """A candidate's letter and its text, shown as the project's ``render`` mode says (always escaped)."""
-    return f'<div class="cand-label">{letter}.</div><div class="cand-body">{to_html(text, render)}</div>'
+def candidate_html(letter: str, answer: str | list[dict[str, str]], render: str) -> str:
+    """A candidate's letter and its text (or trajectory, as a conversation), shown as the project's ``render``
+    mode says (always escaped)."""
+    return f'<div class="cand-label">{letter}.</div><div class="cand-body">{answer_html(answer, render)}</div>'
+
+
+EDIT_LABEL = "Your corrected answer (saved with your submission if you change it; other annotators never see it)"
+EDIT_FINAL_LABEL = ("Your corrected final answer: this replaces the trajectory's last assistant message, the turns "
+                    "before it stay as they are (saved with your submission if you change it; others never see it)")
 
 
 THUMBS = [("👍 up", "1"), ("👎 down", "0")]  # a thumbs project's choices: (shown, value)
@@ -132,9 +138,7 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                             )
                         )
                         with gr.Accordion("Edit this answer", open=False, elem_id=f"edit-open-{i}"):
-                            edits.append(gr.Textbox(
-                                label="Your corrected answer (saved with your submission if you change it; "
-                                "other annotators never see it)", lines=6, max_lines=40, elem_id=f"edit-{i}"))
+                            edits.append(gr.Textbox(label=EDIT_LABEL, lines=6, max_lines=40, elem_id=f"edit-{i}"))
                     cards.append(card)
                 with gr.Accordion("Write your own answer", open=False, elem_id="new-answer-open"):
                     new_answer = gr.Textbox(label="A better answer of your own (optional)", lines=6, max_lines=40,
@@ -246,8 +250,9 @@ def build_blocks(store: st.Store) -> gr.Blocks:
             k = len(task.candidates)
             choices = answer_choices(task)
             card_updates = [gr.update(visible=i < k) for i in range(st.MAX_CANDIDATES)]
+            answers_shown = [c.get("messages") or c["text"] for c in task.candidates]
             text_updates = [
-                gr.update(value=candidate_html(LETTERS[i], task.candidates[i]["text"], task.render) if i < k else "")
+                gr.update(value=candidate_html(LETTERS[i], answers_shown[i], task.render) if i < k else "")
                 for i in range(st.MAX_CANDIDATES)
             ]
             radio_updates = [gr.update(choices=choices, value=None, label=answer_label(task, LETTERS[i]))
@@ -255,7 +260,10 @@ def build_blocks(store: st.Store) -> gr.Blocks:
             texts_shown = [c["text"] for c in task.candidates]
             state = {"assignment_id": task.assignment_id, "ids": [c["id"] for c in task.candidates],
                      "texts": texts_shown, "feedback": task.feedback}
-            edit_updates = [texts_shown[i] if i < k else "" for i in range(st.MAX_CANDIDATES)]
+            edit_updates = [  # a trajectory's Edit is its final assistant message (its "text")
+                gr.update(value=texts_shown[i], label=EDIT_FINAL_LABEL if "messages" in task.candidates[i] else EDIT_LABEL)
+                if i < k else gr.update(value="") for i in range(st.MAX_CANDIDATES)
+            ]
             return (
                 state,
                 progress_text,
@@ -327,7 +335,7 @@ def build_blocks(store: st.Store) -> gr.Blocks:
         def answers(view: dict, model_a: str = "", model_b: str = "") -> tuple[str, str]:
             def one(side: str, model: str) -> str:
                 title = f"{side}: {model}" if model else side
-                body = to_html(view[side.lower()], view.get("render", "text"))
+                body = answer_html(view.get(f"{side.lower()}_messages") or view[side.lower()], view.get("render", "text"))
                 return f"<h4>{html.escape(title)}</h4>{body}"
 
             return one("A", model_a), one("B", model_b)

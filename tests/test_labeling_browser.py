@@ -401,3 +401,77 @@ def test_correct_a_code_answer_in_browser_keeps_its_indentation(browser, tmp_pat
     assert st.project_progress(store, "code")["annotators"]["ann"]["corrections"] == 1
     (item,) = st.ranked_items(store, "code")
     assert {item.candidates[c]: rank for c, rank in item.rankings["ann"].items()} == {CODE: 2, "Use a loop.": 1}
+
+
+def tool_trajectory(expression: str, result: str, answer: str) -> list[dict[str, str]]:
+    """A calculator episode; the tool's output carries markup that must stay text."""
+    call = json.dumps({"name": "calculator", "arguments": {"expression": expression}})
+    return [
+        {"role": "assistant", "content": f"I will use the calculator.\n<tool_call>{call}</tool_call>"},
+        {"role": "tool", "content": f"{result}\n<script>alert(1)</script><img src=x onerror=\"document.title='pwned'\">"},
+        {"role": "assistant", "content": f"<answer>{answer}</answer>"},
+    ]
+
+
+RIGHT = tool_trajectory("347 * 86", "29842", "29842")
+WRONG = tool_trajectory("347 * 68", "23596", "23596")
+
+
+def test_rank_two_tool_using_trajectories_in_browser(browser, tmp_path):
+    """An annotator ranks two multi-turn, tool-using candidates: each shows as a conversation with its tool call
+    (name and arguments) and the tool's output as text; the Edit box holds the final answer, and the ranking and
+    the correction export as TRL conversational pairs that align's DPO loader accepts."""
+    from alignment.config import PreferenceDataConfig
+    from alignment.preference_data import check_preference_rows
+    from labeling_ui.export import export_project
+
+    db_url = f"sqlite:///{tmp_path / 'label.db'}"
+    store = st.Store(db_url)
+    st.add_user(store, "ann", PASSWORD)
+    st.import_items(store, "tools", [{"id": "mul", "prompt": "What is 347 * 86? Use the calculator.",
+                                      "candidates": [{"messages": RIGHT, "model": "tools-v2"},
+                                                     {"messages": WRONG, "model": "tools-v1"}]}],
+                    annotations_per_item=1, guidelines="Rank the episodes: right answer, sensible tool use.")
+    with ServerProcess(db_url, log_path=tmp_path / "server.log") as server:
+        page = browser.new_page(viewport={"width": 1200, "height": 1300})
+        dialogs = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        log_in(page, server.url, "ann")
+        page.wait_for_selector("#cand-1 .tool-call", state="visible", timeout=60_000)
+        right = next(i for i in range(2) if "347 * 86" in page.inner_text(f"#cand-{i} .cand-body"))
+        for i, trajectory in ((right, RIGHT), (1 - right, WRONG)):
+            card = page.locator(f"#cand-{i} .cand-body")
+            assert card.locator(".tool-call").count() == 1 and card.locator(".tool-call").is_visible()
+            assert card.locator(".tool-call-head").inner_text() == "Tool call: calculator"
+            call = json.loads(card.locator(".tool-call pre").inner_text())  # the arguments, as the model wrote them
+            assert call == json.loads(trajectory[0]["content"].split("<tool_call>")[1].removesuffix("</tool_call>"))
+            assert [role.lower() for role in card.locator(".turn-role").all_inner_texts()] == [
+                "assistant", "tool output", "assistant"]
+            assert card.locator("pre.tool-output").inner_text() == trajectory[1]["content"]
+            assert "<answer>" in card.locator(".turn").last.inner_text()
+        assert page.evaluate(INJECTED) == {"images": 0, "scripts": 0, "inCards": 0, "title": "align labeling"}
+        page.check(f"#rank-{right} input[value='1']")
+        page.check(f"#rank-{1 - right} input[value='2']")
+        page.screenshot(path=str(ROOT / "docs" / "labeling_trajectory.png"), full_page=True)
+        page.locator(f"#edit-open-{1 - right}").get_by_text("Edit this answer").click()
+        editor = page.locator(f"#edit-{1 - right} textarea")
+        editor.wait_for(state="visible", timeout=30_000)
+        assert editor.input_value() == "<answer>23596</answer>"  # the final assistant message, nothing before it
+        assert "last assistant message" in page.inner_text(f"#edit-{1 - right}")
+        editor.fill("347 * 68 is not what was asked. <answer>29842</answer>")
+        page.click("#submit-btn")
+        page.wait_for_selector("#status :text('Saved')", timeout=30_000)
+        page.close()
+    assert dialogs == []
+    (item,) = st.ranked_items(store, "tools")
+    assert {json.dumps(item.answer(c)): rank for c, rank in item.rankings["ann"].items()} == {
+        json.dumps(RIGHT): 1, json.dumps(WRONG): 2}
+    (correction,) = st.corrections(store, "tools")
+    assert correction.messages == [*WRONG[:2], {"role": "assistant", "content": "347 * 68 is not what was asked. "
+                                                                         "<answer>29842</answer>"}]
+    pairs = tmp_path / "pairs.jsonl"
+    assert export_project(store, "tools", pairs) == 2
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    prompt = [{"role": "user", "content": "What is 347 * 86? Use the calculator."}]
+    assert {"prompt": prompt, "chosen": RIGHT, "rejected": WRONG} in rows
+    assert check_preference_rows(pairs, PreferenceDataConfig(train=str(pairs))).conversational == 2

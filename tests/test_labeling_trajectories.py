@@ -1,12 +1,14 @@
 """Trajectory candidates: an answer that is a multi-turn, tool-using conversation (TRL's conversational format).
 Strict import (errors name file:line), lossless storage on SQLite and PostgreSQL (and the upgrade of older
-databases), rankings, ratings, corrections
+databases), the conversation display (tool calls shown as calls, no markup live), rankings, ratings, corrections
 (an Edit replaces the final assistant message), the arena, and the export in TRL's conversational format, read
 by align's own DPO, KTO and SFT loaders. In Chromium: test_labeling_browser.py."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import sqlite3
 
 import pyarrow.parquet as pq
@@ -16,7 +18,9 @@ from alignment.errors import AlignError
 from labeling_ui import arena
 from labeling_ui import store as st
 from labeling_ui.__main__ import main
+from labeling_ui.display import answer_html, trajectory_html
 from labeling_ui.export import export_project, project_rows
+from tests.test_labeling_display import tags, visible_text
 
 PASSWORD = "password123"
 CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "347 * 86"}}</tool_call>'
@@ -173,6 +177,38 @@ def test_a_database_from_before_trajectories_gains_the_column_and_keeps_its_item
     ann = annotator(store)
     assert sorted(c["text"] for c in st.claim_next(store, ann, "old").candidates) == ["a", "b"]
     assert SOLVED in [c.get("messages") for c in st.claim_next(store, ann, "new").candidates]
+
+
+@pytest.mark.parametrize("mode", ["text", "markdown"])
+def test_a_trajectory_shows_as_a_conversation_with_tool_calls_and_no_live_markup(mode):
+    markup = trajectory_html(HOSTILE, mode)
+    markdown = {"strong"} if mode == "markdown" else set()  # **not bold** is bold in Markdown
+    assert tags(markup) <= {"div", "p", "br", "pre", "code", "span", "i", *markdown}  # no script, img, a or b
+    shown = visible_text(markup)
+    for message in HOSTILE:
+        if message["role"] != "assistant":
+            assert message["content"] in shown  # system, user and tool text exactly as written
+    assert f"Found it: {IMAGE}" in shown  # the model's markup as text
+    assert f'"query": "{SCRIPT}", "html": "<img src=x onerror=alert(2)>"' in shown  # the call's JSON as written
+    assert "Tool call: search" in shown and "<tool_call>" not in shown  # a call, not its tags
+    assert re.findall(r'turn-role">([^<]*)<', markup) == ["System", "User", "Assistant", "Tool output", "Assistant"]
+    assert f'<pre class="tool-output">{html.escape(HOSTILE[3]["content"])}</pre>' in markup  # whitespace kept
+    if mode == "text":
+        assert "  Searching:\n\t" in shown and "**not bold**" in shown
+
+
+def test_tool_calls_are_shown_even_when_broken():
+    solved = visible_text(answer_html(SOLVED))
+    assert "Let me compute that." in solved and "Tool call: calculator" in solved
+    assert '{"name": "calculator", "arguments": {"expression": "347 * 86"}}' in solved and "29842" in solved
+    broken = visible_text(answer_html([{"role": "assistant", "content": "<tool_call>{name: calc</tool_call> done"}]))
+    assert "Tool call (not valid JSON)" in broken and "{name: calc" in broken and "done" in broken
+    nameless = visible_text(answer_html([{"role": "assistant", "content": '<tool_call>{"arguments": {}}</tool_call>'}]))
+    assert "Tool call (no tool name)" in nameless
+    unclosed = [{"role": "assistant", "content": '<tool_call>{"name": "calculator"'}]
+    assert visible_text(answer_html(unclosed)) == "Assistant" + unclosed[0]["content"]  # not a call: shown as written
+    assert "(empty message)" in visible_text(answer_html([{"role": "assistant", "content": ""}]))
+    assert answer_html("plain <b>text</b>") == '<div class="model-text"><div class="plain">plain &lt;b&gt;text&lt;/b&gt;</div></div>'
 
 
 def ranked_tool_project(store: st.Store) -> None:
