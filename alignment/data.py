@@ -176,10 +176,12 @@ def _require_template(tokenizer) -> None:
                          "chat messages: set chat_template (e.g. chatml or a Jinja file), or give plain-text rows")
 
 
-def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
-    """Token ids of ``messages`` under the tokenizer's chat template."""
+def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> list[int]:
+    """Token ids of ``messages`` under the tokenizer's chat template (``tools``: JSON schemas the template
+    advertises, for templates that take them)."""
     _require_template(tokenizer)
-    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+    extra = {"tools": tools} if tools else {}
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt, **extra)
     if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
         ids = ids["input_ids"]
     return list(ids)

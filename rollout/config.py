@@ -53,6 +53,7 @@ class EnvironmentConfig(Section):
     tools: list[str] = Field(default_factory=list, description="Tools of a `tools` environment: built-in `calculator` or package.module:function, called with the JSON arguments of <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>.")
     tool_timeout_s: float = Field(5.0, gt=0, description="Wall-clock limit of one tool call; a call past it ends the episode as failed (reward 0).")
     tool_memory_mb: int = Field(1024, ge=64, description="Address-space limit of the tool process, in MiB.")
+    advertise_tools: bool = Field(True, description="Render chat prompts with the tools' JSON schemas (apply_chat_template(tools=...)), for templates that describe tools to the model.")
     max_turns: int = Field(4, ge=1, description="Most policy turns per episode.")
     max_total_tokens: int = Field(256, ge=2, description="Most response tokens per episode over all turns, the policy's and the environment's (each turn also stops at sampling.max_tokens).")
 

@@ -45,9 +45,10 @@ class Generation:
     finish_reason: str
 
 
-def encode_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
+def encode_prompt(tokenizer: Any, prompt: Prompt, tools: list[dict] | None = None) -> list[int]:
     """Token ids of one prompt: text with the tokenizer's special tokens, messages through the chat
-    template (with the generation prompt), token ids as they are; ValueError for anything else."""
+    template (with the generation prompt, and ``tools`` advertised where the template takes them),
+    token ids as they are; ValueError for anything else."""
     from alignment.data import render_chat
 
     if isinstance(prompt, str):
@@ -58,12 +59,12 @@ def encode_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(f"it is a chat, but the tokenizer of {tokenizer.name_or_path} has no chat template: "
                              "set chat_template (e.g. chatml or a Jinja file), or give text prompts")
-        return render_chat(tokenizer, prompt, add_generation_prompt=True)
+        return render_chat(tokenizer, prompt, add_generation_prompt=True, tools=tools)
     raise ValueError(f"it is neither text, chat messages nor token ids: {str(prompt)[:80]!r}")
 
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[Prompt], max_model_len: int, room: int | None = None,
-                   where: Callable[[int], str] = "prompt {}".format) -> list[list[int]]:
+                   where: Callable[[int], str] = "prompt {}".format, tools: list[dict] | None = None) -> list[list[int]]:
     """Token ids of every prompt; AlignError for an empty list, an empty prompt or one that leaves no
     room to generate (fewer than ``room`` tokens of the context, when given: ``sampling.max_tokens``);
     ``where(i)`` names prompt i in errors."""
@@ -72,7 +73,7 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[Prompt], max_model_len: int
     encoded = []
     for index, prompt in enumerate(prompts):
         try:
-            ids = encode_prompt(tokenizer, prompt)
+            ids = encode_prompt(tokenizer, prompt, tools)
         except ValueError as error:
             raise AlignError(f"{where(index)}: {error}") from None
         if not ids:

@@ -43,8 +43,12 @@ UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 
 
 def calculator(expression: str) -> str:
-    """The exact value of an arithmetic expression of numbers, + - * / // % ** and parentheses
-    (integers stay exact; an integral float is written without a decimal point); ValueError for anything else."""
+    """Evaluate an arithmetic expression exactly.
+
+    Args:
+        expression: numbers with + - * / // % ** and parentheses, e.g. "347 * 86"
+    """
+    # Integers stay exact, an integral float is written as an integer; ValueError for what is not arithmetic.
     def value(node: ast.AST) -> int | float:
         if isinstance(node, ast.Constant) and type(node.value) in (int, float):
             return node.value
@@ -89,6 +93,24 @@ def resolve_tool(spec: str) -> Callable[..., Any]:
 def tool_name(spec: str) -> str:
     """The name the policy calls a tool by: the function's own name."""
     return BUILTIN_TOOLS.get(spec, spec).replace(":", ".").rsplit(".", 1)[-1]
+
+
+def tool_schema(spec: str) -> dict[str, Any]:
+    """The JSON schema a chat template advertises a tool by (``tools=`` of ``apply_chat_template``): from
+    the function's type hints and its docstring's ``Args:`` section, or from its signature alone."""
+    from transformers.utils import get_json_schema
+
+    function = resolve_tool(spec)
+    try:
+        return get_json_schema(function)
+    except Exception:  # noqa: BLE001 (no Google-style docstring or hints: describe the signature)
+        names = list(inspect.signature(function).parameters.values())
+        types = {int: "integer", float: "number", bool: "boolean", "int": "integer", "float": "number", "bool": "boolean"}
+        return {"type": "function", "function": {
+            "name": tool_name(spec), "description": (inspect.getdoc(function) or "").split("\n")[0],
+            "parameters": {"type": "object",
+                           "properties": {p.name: {"type": types.get(p.annotation, "string")} for p in names},
+                           "required": [p.name for p in names if p.default is p.empty]}}}
 
 
 def check_arguments(function: Callable[..., Any], arguments: Any) -> str | None:

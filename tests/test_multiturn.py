@@ -382,3 +382,26 @@ def test_a_killed_multi_turn_job_resumes_to_the_uninterrupted_run(micro_model, t
     again = read_metrics(killed)
     for key in ("env/turns", "reward/score", "policy/loss"):
         assert again[-1][key] == pytest.approx(rows[-1][key], rel=1e-4, abs=1e-6), key
+
+
+def test_chat_prompts_advertise_the_tools_where_the_template_takes_them(micro_model, tmp_path):
+    from alignment.models import load_tokenizer
+    from alignment.ppo.trainer import advertised_tools
+    from rollout.engine import encode_prompt
+
+    config = job_config(tmp_path, tools=["calculator", f"{HELPERS}:add"])
+    schemas = advertised_tools(config)
+    assert [s["function"]["name"] for s in schemas] == ["calculator", "add"]
+    assert schemas[0]["function"]["parameters"]["required"] == ["expression"]
+    assert schemas[1]["function"]["parameters"]["properties"] == {"a": {"type": "integer"}, "b": {"type": "integer"}}
+    template = tmp_path / "tools.jinja"
+    template.write_text("{% if tools %}<|system|>{% for t in tools %}{{ t.function.name }};{% endfor %}<|end|>{% endif %}"
+                        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}<|assistant|>")
+    tokenizer = load_tokenizer(str(micro_model / "model"), str(template))
+    prompt = [{"role": "user", "content": "What is 3 * 4?"}]
+    advertised = tokenizer.decode(encode_prompt(tokenizer, prompt, schemas))
+    assert advertised.startswith("<|system|>calculator;add;<|end|><|user|>")
+    assert encode_prompt(tokenizer, prompt, None) == encode_prompt(tokenizer, prompt, [])
+    plain = load_tokenizer(str(micro_model / "model"))  # the tiny template ignores tools
+    assert encode_prompt(plain, prompt, schemas) == encode_prompt(plain, prompt)
+    assert advertised_tools(job_config(tmp_path, tools=["calculator"], advertise_tools=False)) is None

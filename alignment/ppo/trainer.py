@@ -105,13 +105,16 @@ class PPOModels:
         self.groups = []
 
 
-def load_prompts(path: str, field: str, tokenizer, room: int, max_model_len: int) -> tuple[list[Any], list[list[int]]]:
-    """Prompts and their token ids; rows without the field, or too long to leave ``room`` tokens, name file:line."""
+def load_prompts(path: str, field: str, tokenizer, room: int, max_model_len: int,
+                 tools: list[dict] | None = None) -> tuple[list[Any], list[list[int]]]:
+    """Prompts and their token ids (chat prompts advertise ``tools`` where the template takes them); rows
+    without the field, or too long to leave ``room`` tokens, name file:line."""
     from alignment.data import read_prompts, row_location
     from rollout.engine import encode_prompts
 
     prompts = read_prompts(path, field)
-    return prompts, encode_prompts(tokenizer, prompts, max_model_len, room, lambda index: f"{row_location(path, index)}: prompt")
+    return prompts, encode_prompts(tokenizer, prompts, max_model_len, room,
+                                   lambda index: f"{row_location(path, index)}: prompt", tools)
 
 
 def scoring_specs(config: PPOConfig) -> list[str]:
@@ -205,12 +208,14 @@ class PPOJob:
             start_ray(cfg.cluster, cpus=groups + cfg.rollout.num_engines * cfg.rollout.cpus_per_engine)
             self.engines = RolloutEngines(cfg.model, cfg.rollout, tokenizer=cfg.tokenizer, wait=False,
                                           chat_template=cfg.chat_template)
-            room, limit = cfg.response_budget, cfg.rollout.max_model_len
-            self.prompts, self.prompt_ids = load_prompts(cfg.data.train, cfg.data.prompt_field, self.engines.tokenizer, room, limit)
+            room, limit, tools = cfg.response_budget, cfg.rollout.max_model_len, advertised_tools(cfg)
+            self.prompts, self.prompt_ids = load_prompts(cfg.data.train, cfg.data.prompt_field, self.engines.tokenizer,
+                                                         room, limit, tools)
             self.rows = read_records(cfg.data.train)
             self.eval_prompts, self.eval_ids, self.eval_rows = [], [], []
             if cfg.data.eval:
-                prompts, ids = load_prompts(cfg.data.eval, cfg.data.prompt_field, self.engines.tokenizer, room, limit)
+                prompts, ids = load_prompts(cfg.data.eval, cfg.data.prompt_field, self.engines.tokenizer, room, limit,
+                                            tools)
                 self.eval_prompts, self.eval_ids = prompts[: cfg.data.max_eval_prompts], ids[: cfg.data.max_eval_prompts]
                 self.eval_rows = read_records(cfg.data.eval)[: cfg.data.max_eval_prompts]
             self.sampler = StepSampler(len(self.prompts), algo.prompts_per_step, cfg.train.seed, cfg.data.shuffle)
@@ -514,6 +519,16 @@ def join_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
 def conversation_text(messages: list[dict[str, str]]) -> str:
     """An episode's turns for samples.log: the policy's as they are, the environment's marked by role."""
     return "\n".join(m["content"] if m["role"] == "assistant" else f"[{m['role']}] {m['content']}" for m in messages)
+
+
+def advertised_tools(config: PPOConfig) -> list[dict] | None:
+    """The JSON schemas of a tools environment's tools, when chat prompts should advertise them."""
+    env = config.environment
+    if env is None or not env.tools or not env.advertise_tools:
+        return None
+    from rollout.tools import tool_schema
+
+    return [tool_schema(spec) for spec in env.tools]
 
 
 def environment_factory(config: PPOConfig):
