@@ -35,6 +35,14 @@ def tiny_reasoning() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_tools() -> Path:
+    """The tiny tool-use task at its default settings (built once, then reused from $ALIGN_HOME/tiny-tools)."""
+    from alignment.tiny.build import TinyToolsConfig, build_tiny
+
+    return build_tiny(TinyToolsConfig())
+
+
+@pytest.fixture(scope="session")
 def tiny_prefs(tiny_task) -> Path:
     """The tiny task's simulated rankings and pairs (`align tiny prefs`)."""
     from alignment.tiny.prefs import TinyPrefsConfig, build_prefs

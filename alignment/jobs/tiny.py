@@ -6,13 +6,15 @@ import argparse
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("tiny", help="Build the bundled tiny tasks (movie reviews or arithmetic: data, tokenizer, base model)",
+    parser = subparsers.add_parser("tiny", help="Build the bundled tiny tasks (movie reviews, arithmetic, tool use: data, tokenizer, base model)",
                                    description="The bundled tiny task used by the demo and the tests.")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     for task, name, help_text, default in (
             ("reviews", "build", "build (or reuse) the tiny task", "tiny"),
             ("reasoning", "reasoning", "build (or reuse) the tiny reasoning task (arithmetic with exact answers)",
-             "tiny-reasoning")):
+             "tiny-reasoning"),
+            ("tools", "tools", "build (or reuse) the tiny tool-use task (products a calculator tool answers)",
+             "tiny-tools")):
         build = actions.add_parser(name, help=help_text)
         build.add_argument("--out", help=f"output directory (default $ALIGN_HOME/{default})")
         build.add_argument("--force", action="store_true", help="rebuild even if a matching build exists")
@@ -28,10 +30,11 @@ def register(subparsers) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     from alignment.config import dump_config, load_config
-    from alignment.tiny.build import TinyBuildConfig, TinyReasoningConfig, build_tiny
+    from alignment.tiny.build import TinyBuildConfig, TinyReasoningConfig, TinyToolsConfig, build_tiny
 
     overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
-    config = load_config(TinyReasoningConfig if args.task == "reasoning" else TinyBuildConfig, None, overrides)
+    task_config = {"reviews": TinyBuildConfig, "reasoning": TinyReasoningConfig, "tools": TinyToolsConfig}[args.task]
+    config = load_config(task_config, None, overrides)
     if args.print_config:
         print(dump_config(config), end="")
         return 0

@@ -49,6 +49,7 @@ class TinyBuildConfig(Section):
 
     sources: ClassVar[tuple[str, ...]] = ()
     split_digits: ClassVar[bool] = False
+    extra_special_tokens: ClassVar[tuple[str, ...]] = ()
 
 
 class TinyReasoningConfig(TinyBuildConfig):
@@ -78,6 +79,39 @@ class TinyReasoningConfig(TinyBuildConfig):
 
     def output_path(self) -> Path:
         return Path(self.out).expanduser() if self.out else align_home() / "tiny-reasoning"
+
+
+class TinyToolsConfig(TinyBuildConfig):
+    """The tiny tool-use task: products too hard to work out, easy with a calculator (defaults: about 4 minutes on 2 cores).
+
+    A share ``tool_fraction`` of the SFT conversations calls the calculator and copies its result into
+    the answer; the others answer straight away (and the model, which cannot multiply, is mostly wrong
+    there), so the base model calls the tool only sometimes. No held-out expression occurs in any training split.
+    """
+
+    out: str | None = Field(None, description="Output directory; None is $ALIGN_HOME/tiny-tools.")
+    sft_rows: int = Field(8000, ge=64, description="SFT conversations (with the tool or answering directly).")
+    eval_rows: int = Field(256, ge=8, description="Held-out SFT conversations (SFT eval loss).")
+    rl_rows: int = Field(2000, ge=8, description="RL training prompts (with answers).")
+    eval_prompts: int = Field(200, ge=8, description="Held-out RL prompts (with answers), none seen in any training split.")
+    tool_fraction: float = Field(0.45, ge=0, le=1, description="Share of SFT conversations that call the calculator.")
+    left_max: int = Field(999, ge=10, description="The first factor is drawn from 10..left_max.")
+    right_max: int = Field(99, ge=10, description="The second factor is drawn from 10..right_max.")
+    term_max: int = Field(99, ge=0, le=99, description="An added or subtracted term is drawn from 1..term_max (0: none).")
+    term_fraction: float = Field(0.5, ge=0, le=1, description="Share of problems with that term.")
+    vocab_size: int = Field(384, ge=300, description="BPE vocabulary size (digits are single tokens).")
+    max_positions: int = Field(128, ge=64, description="Context length of the model.")
+    hidden_size: int = Field(128, ge=16, description="Model width.")
+    heads: int = Field(4, ge=1, description="Attention heads (4 heads learn to copy the tool's result; 2 do not).")
+    intermediate_size: int = Field(384, ge=16, description="MLP width.")
+    steps: int = Field(1300, ge=1, description="SFT optimizer steps (copying the tool's result into the answer emerges late).")
+
+    sources: ClassVar[tuple[str, ...]] = ("arithmetic.py", "tool_use.py")
+    split_digits: ClassVar[bool] = True
+    extra_special_tokens: ClassVar[tuple[str, ...]] = ("<|tool|>",)
+
+    def output_path(self) -> Path:
+        return Path(self.out).expanduser() if self.out else align_home() / "tiny-tools"
 
 
 def build_tiny(config: TinyBuildConfig, force: bool = False) -> Path:
@@ -127,6 +161,9 @@ def _write_data(config: TinyBuildConfig, data_dir: Path) -> None:
     if isinstance(config, TinyReasoningConfig):
         _write_reasoning_data(config, data_dir)
         return
+    if isinstance(config, TinyToolsConfig):
+        _write_tools_data(config, data_dir)
+        return
     from alignment.tiny.corpus import make_prompt_rows, make_sft_rows, split_titles
 
     train_titles, eval_titles = split_titles(config.seed)
@@ -152,13 +189,32 @@ def _write_reasoning_data(config: TinyReasoningConfig, data_dir: Path) -> None:
     _write_jsonl(data_dir / "prompts_eval.jsonl", [prompt_row(r) for r in held_out])
 
 
+def _write_tools_data(config: TinyToolsConfig, data_dir: Path) -> None:
+    """SFT conversations (a share with the tool), RL prompts and held-out prompts; held-out expressions
+    occur in no other split."""
+    from alignment.tiny.tool_use import make_rows, prompt_row, sft_rows
+
+    ranges = {"left_max": config.left_max, "right_max": config.right_max, "term_max": config.term_max,
+              "term_fraction": config.term_fraction}
+    held_out = make_rows(config.seed + 3, config.eval_prompts, **ranges)
+    unseen = {row["expression"] for row in held_out}
+    sft_eval = make_rows(config.seed + 1, config.eval_rows, unseen, **ranges)
+    sft = make_rows(config.seed, config.sft_rows, unseen, **ranges)
+    rl = make_rows(config.seed + 2, config.rl_rows, unseen, **ranges)
+    _write_jsonl(data_dir / "sft_train.jsonl", sft_rows(sft, config.tool_fraction, config.seed))
+    _write_jsonl(data_dir / "sft_eval.jsonl", sft_rows(sft_eval, config.tool_fraction, config.seed + 1))
+    _write_jsonl(data_dir / "prompts_train.jsonl", [prompt_row(r) for r in rl])
+    _write_jsonl(data_dir / "prompts_eval.jsonl", [prompt_row(r) for r in held_out])
+
+
 def _train_tokenizer(config: TinyBuildConfig, staging: Path):
     from alignment.tiny.tokenizer import train_tokenizer
 
     texts = []
     for line in (staging / "data" / "sft_train.jsonl").read_text().splitlines():
         texts.extend(message["content"] for message in json.loads(line)["messages"])
-    return train_tokenizer(texts, config.vocab_size, staging / "tokenizer", split_digits=config.split_digits)
+    return train_tokenizer(texts, config.vocab_size, staging / "tokenizer", split_digits=config.split_digits,
+                           extra_special_tokens=config.extra_special_tokens)
 
 
 def _init_model(config: TinyBuildConfig, tokenizer, out_dir: Path) -> None:

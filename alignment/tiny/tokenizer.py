@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -12,10 +12,12 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path, split_digits: bool = False):
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path, split_digits: bool = False,
+                    extra_special_tokens: Sequence[str] = ()):
     """Train byte-level BPE on ``texts``; save a transformers fast tokenizer to ``out_dir``.
 
-    ``split_digits`` makes every digit its own token (numbers are read and written digit by digit).
+    ``split_digits`` makes every digit its own token (numbers are read and written digit by digit);
+    ``extra_special_tokens`` follow :data:`SPECIAL_TOKENS` (e.g. ``<|tool|>``, the role of tool turns).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -27,7 +29,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path, split_
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=[*SPECIAL_TOKENS, *extra_special_tokens],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
