@@ -614,7 +614,8 @@ def run_ppo(config: PPOConfig, resume: bool = False) -> Path:
 
         final = run.loop(start_step, cfg.train.max_steps, step, job.write_checkpoint,
                          evaluate=job.evaluate if job.eval_prompts else None, finite=("policy/loss", "critic/loss"),
-                         postfix=lambda m: {"score": f"{m['reward/score']:.3f}", "kl": f"{m.get('kl/sequence', 0.0):.3f}"},
+                         postfix=lambda m: {"score": f"{m['reward/score']:.3f}", "kl": f"{m.get('kl/sequence', 0.0):.3f}",
+                                            **({"tools": f"{m['env/tool_use']:.2f}"} if "env/tool_use" in m else {})},
                          after_log=job.write_samples, samples_per_step=job.batch_size, desc="ppo")
         print(f"final policy: {final}\nmetrics: {tracker.path}\nsamples: {job.samples_log}\n"
               f"TensorBoard: tensorboard --logdir {job.output_dir}")
