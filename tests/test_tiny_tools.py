@@ -140,7 +140,7 @@ def test_grpo_teaches_the_base_to_use_the_calculator(tiny_tools, tmp_path):
     assert tuned["step"] == STEPS
     assert tuned["eval/env_tool_use"] >= base["eval/env_tool_use"] + 0.05, "the policy calls the tool more often"
     assert tuned["eval/accuracy"] >= base["eval/accuracy"] + 0.05, "and is right more often"
-    assert all(r["env/failed"] == 0 and r["env/turns"] > 1 for r in rows[1:])
+    assert all(r["env/failed"] < 0.05 and r["env/turns"] > 1 for r in rows[1:])  # a bad expression fails one now and then
     assert all(r["env/tool_calls"] > 0 and r["env/env_tokens"] > 0 for r in rows[1:])
     assert max(r["kl/sequence"] for r in rows[1:]) < 5.0
     assert all(r["rollout/mismatch"] < 1.05 for r in rows[1:])
