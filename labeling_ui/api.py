@@ -17,8 +17,11 @@ Errors are ``{"detail": "..."}``: 400 bad input, 401 not logged in or session ex
 422 a value of the wrong type (the detail names the field), 429 login locked (with ``Retry-After``).
 """
 
+import functools
+from collections.abc import Callable
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -59,8 +62,21 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": str(error)}, status_code=403)
 
 
-def build_router(store: st.Store) -> APIRouter:
+# Threads that run annotators' store calls (claim, submit, rate, correct, skip, flag, arena). More requests than
+# this wait in line (first come, first served) instead of taking a thread each: on a few cores, threads beyond a
+# handful only fight over the GIL, each database round trip waits for it again, and every extra thread holds a
+# database connection (docs/benchmarks.md, "Labeling server under load"). Logins (the KDF) and admin reports keep
+# the default thread pool, so a long export or a burst of logins never holds annotators up.
+ANNOTATOR_THREADS = 4
+
+
+def build_router(store: st.Store, annotator_threads: int = ANNOTATOR_THREADS) -> APIRouter:
     router = APIRouter(prefix="/api/v1")
+    lane = anyio.CapacityLimiter(annotator_threads)
+
+    async def in_lane(fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on one of the annotator threads, waiting in line for one."""
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=lane)
 
     async def current_user(authorization: Annotated[str | None, Header()] = None) -> st.User:
         # async: a known token is answered from memory on the event loop, without a trip to the thread pool
@@ -104,55 +120,55 @@ def build_router(store: st.Store) -> APIRouter:
         return st.list_projects(store)
 
     @router.post("/projects/{project}/next")
-    def next_task(project: str, user: User) -> dict[str, Any]:
-        task = st.claim_next(store, user, project)
+    async def next_task(project: str, user: User) -> dict[str, Any]:
+        task = await in_lane(st.claim_next, store, user, project)
         return {"task": task.model_dump() if task else None}
 
     @router.get("/projects/{project}/me")
-    def my_progress(project: str, user: User) -> dict[str, int]:
-        return st.user_progress(store, user, project)
+    async def my_progress(project: str, user: User) -> dict[str, int]:
+        return await in_lane(st.user_progress, store, user, project)
 
     @router.post("/tasks/{assignment_id}/submit")
-    def submit(assignment_id: int, user: User, body: Annotated[Any, Body()] = None) -> dict[str, int]:
+    async def submit(assignment_id: int, user: User, body: Annotated[Any, Body()] = None) -> dict[str, int]:
         ranks = body.get("ranks") if isinstance(body, dict) else None
         if ranks is None:
             raise AlignError(
                 'send {"ranks": {"<candidate id>": <rank>, ...}} with a rank for every candidate'
             )
-        return {"ranking_id": st.submit_ranking(store, user, assignment_id, ranks)}
+        return {"ranking_id": await in_lane(st.submit_ranking, store, user, assignment_id, ranks)}
 
     @router.post("/tasks/{assignment_id}/ratings")
-    def rate(assignment_id: int, user: User, body: Annotated[Any, Body()] = None) -> dict[str, int]:
+    async def rate(assignment_id: int, user: User, body: Annotated[Any, Body()] = None) -> dict[str, int]:
         ratings = body.get("ratings") if isinstance(body, dict) else None
         if ratings is None:
             raise AlignError('send {"ratings": {"<candidate id>": <rating>, ...}} with a rating for every candidate')
-        return {"rating_id": st.submit_ratings(store, user, assignment_id, ratings)}
+        return {"rating_id": await in_lane(st.submit_ratings, store, user, assignment_id, ratings)}
 
     @router.post("/tasks/{assignment_id}/corrections")
-    def correct(
+    async def correct(
         assignment_id: int, user: User, text: Annotated[StrictStr, Body()],
         corrects: Annotated[StrictInt | None, Body()] = None,
     ) -> dict[str, int]:
-        return {"candidate_id": st.submit_correction(store, user, assignment_id, text, corrects)}
+        return {"candidate_id": await in_lane(st.submit_correction, store, user, assignment_id, text, corrects)}
 
     @router.post("/tasks/{assignment_id}/skip")
-    def skip(assignment_id: int, user: User, reason: Annotated[str, Body(embed=True)] = "") -> dict[str, str]:
-        st.release(store, user, assignment_id, "skipped", reason)
+    async def skip(assignment_id: int, user: User, reason: Annotated[str, Body(embed=True)] = "") -> dict[str, str]:
+        await in_lane(st.release, store, user, assignment_id, "skipped", reason)
         return {"status": "skipped"}
 
     @router.post("/tasks/{assignment_id}/flag")
-    def flag(assignment_id: int, user: User, reason: Annotated[str, Body(embed=True)] = "") -> dict[str, str]:
-        st.release(store, user, assignment_id, "flagged", reason)
+    async def flag(assignment_id: int, user: User, reason: Annotated[str, Body(embed=True)] = "") -> dict[str, str]:
+        await in_lane(st.release, store, user, assignment_id, "flagged", reason)
         return {"status": "flagged"}
 
     @router.post("/projects/{project}/battles/next")
-    def next_battle(project: str, user: User) -> dict[str, Any]:
-        view = arena.next_battle(store, user, project)
+    async def next_battle(project: str, user: User) -> dict[str, Any]:
+        view = await in_lane(arena.next_battle, store, user, project)
         return {"battle": view.model_dump() if view else None}
 
     @router.post("/battles/{battle_id}/vote")
-    def vote(battle_id: int, user: User, vote: Annotated[str, Body(embed=True)]) -> dict[str, Any]:
-        return arena.cast_vote(store, user, battle_id, vote).model_dump()
+    async def vote(battle_id: int, user: User, vote: Annotated[str, Body(embed=True)]) -> dict[str, Any]:
+        return (await in_lane(arena.cast_vote, store, user, battle_id, vote)).model_dump()
 
     @router.get("/admin/projects/{project}/leaderboard")
     def leaderboard(project: str, _admin: Admin) -> dict[str, Any]:
