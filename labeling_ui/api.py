@@ -4,7 +4,9 @@ POST /api/v1/login                         {"name", "password"} -> {"token", "ro
 POST /api/v1/projects/{project}/next       -> {"task": {...} | null}
 POST /api/v1/tasks/{id}/submit             {"ranks": {candidate_id: rank}} -> {"ranking_id"}
 POST /api/v1/tasks/{id}/ratings            {"ratings": {candidate_id: rating}} -> {"rating_id"} (rating projects)
-POST /api/v1/tasks/{id}/corrections        {"text", "corrects": candidate_id | null} -> {"candidate_id"} (before submit)
+POST /api/v1/tasks/{id}/corrections        {"text", "corrects": candidate_id | null} -> {"candidate_id"} (before submit;
+                                           a task shown again lists them in "corrections")
+DELETE /api/v1/tasks/{id}/corrections?corrects=candidate_id  (no ``corrects``: the own answer) -> {"withdrawn"}
 POST /api/v1/tasks/{id}/skip | /flag       {"reason"}
 GET  /api/v1/projects/{project}/me         own progress
 POST /api/v1/projects/{project}/battles/next  -> {"battle": {...} | null} (no model names)
@@ -150,6 +152,10 @@ def build_router(store: st.Store, annotator_threads: int = ANNOTATOR_THREADS) ->
         corrects: Annotated[StrictInt | None, Body()] = None,
     ) -> dict[str, int]:
         return {"candidate_id": await in_lane(st.submit_correction, store, user, assignment_id, text, corrects)}
+
+    @router.delete("/tasks/{assignment_id}/corrections")
+    async def withdraw(assignment_id: int, user: User, corrects: int | None = None) -> dict[str, bool]:
+        return {"withdrawn": await in_lane(st.withdraw_correction, store, user, assignment_id, corrects)}
 
     @router.post("/tasks/{assignment_id}/skip")
     async def skip(assignment_id: int, user: User, reason: Annotated[str, Body(embed=True)] = "") -> dict[str, str]:

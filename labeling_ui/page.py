@@ -73,6 +73,8 @@ def candidate_html(letter: str, answer: str | list[dict[str, str]], render: str)
 
 
 EDIT_LABEL = "Your corrected answer (saved with your submission if you change it; other annotators never see it)"
+EDIT_SAVED_LABEL = ("Your correction, saved earlier (change it, or set it back to the answer or clear it to take it "
+                    "back, when you submit; other annotators never see it)")
 EDIT_FINAL_LABEL = ("Your corrected final answer: this replaces the trajectory's last assistant message, the turns "
                     "before it stay as they are (saved with your submission if you change it; others never see it)")
 
@@ -95,20 +97,28 @@ def answer_label(task: st.Task, letter: str) -> str:
 
 def submit_given(store: st.Store, user: st.User, state: dict, given: tuple, edits: tuple, new_answer: str) -> None:
     """Submit the annotator's choices under each shown candidate (strings from the page): first the edits
-    that differ from their answer and a new answer if written (as corrections), then the ranking or ratings."""
-    ids, rating = state["ids"], state.get("feedback") == "rating"
+    that differ from their answer and a new answer if written (as corrections; an earlier correction set back
+    to the answer or cleared is taken back), then the ranking or ratings."""
+    ids, rating, assignment_id = state["ids"], state.get("feedback") == "rating", state["assignment_id"]
     missing = [LETTERS[i] for i in range(len(ids)) if given[i] in (None, "")]
     if missing:
         verb = "rate" if rating else "rank"
         raise AlignError(f"{verb} every candidate before submitting (missing: {', '.join(missing)})")
-    for candidate_id, original, edit in zip(ids, state["texts"], edits, strict=False):
+    saved = state.get("corrected") or [None] * len(ids)  # the corrections shown in the Edit boxes
+    for candidate_id, original, earlier, edit in zip(ids, state["texts"], saved, edits, strict=False):
         if edit and edit.strip() and edit != original:
-            st.submit_correction(store, user, state["assignment_id"], edit, corrects=candidate_id)
+            if edit != earlier:
+                st.submit_correction(store, user, assignment_id, edit, corrects=candidate_id)
+        elif earlier is not None:
+            st.withdraw_correction(store, user, assignment_id, corrects=candidate_id)
     if new_answer and new_answer.strip():
-        st.submit_correction(store, user, state["assignment_id"], new_answer)
+        if new_answer != state.get("own_answer"):
+            st.submit_correction(store, user, assignment_id, new_answer)
+    elif state.get("own_answer") is not None:
+        st.withdraw_correction(store, user, assignment_id)
     values = {ids[i]: int(given[i]) for i in range(len(ids))}
     submit = st.submit_ratings if rating else st.submit_ranking
-    submit(store, user, state["assignment_id"], values)
+    submit(store, user, assignment_id, values)
 
 
 def build_blocks(store: st.Store) -> gr.Blocks:
@@ -258,10 +268,19 @@ def build_blocks(store: st.Store) -> gr.Blocks:
             radio_updates = [gr.update(choices=choices, value=None, label=answer_label(task, LETTERS[i]))
                              for i in range(st.MAX_CANDIDATES)]
             texts_shown = [c["text"] for c in task.candidates]
+            mine = {c["corrects"]: c["text"] for c in task.corrections}  # a task shown again: what they wrote
+            corrected = [mine.get(c["id"]) for c in task.candidates]
             state = {"assignment_id": task.assignment_id, "ids": [c["id"] for c in task.candidates],
-                     "texts": texts_shown, "feedback": task.feedback}
+                     "texts": texts_shown, "feedback": task.feedback, "corrected": corrected,
+                     "own_answer": mine.get(None)}
+
+            def edit_label(i: int) -> str:
+                if corrected[i] is not None:
+                    return EDIT_SAVED_LABEL
+                return EDIT_FINAL_LABEL if "messages" in task.candidates[i] else EDIT_LABEL
+
             edit_updates = [  # a trajectory's Edit is its final assistant message (its "text")
-                gr.update(value=texts_shown[i], label=EDIT_FINAL_LABEL if "messages" in task.candidates[i] else EDIT_LABEL)
+                gr.update(value=corrected[i] if corrected[i] is not None else texts_shown[i], label=edit_label(i))
                 if i < k else gr.update(value="") for i in range(st.MAX_CANDIDATES)
             ]
             return (
@@ -275,7 +294,7 @@ def build_blocks(store: st.Store) -> gr.Blocks:
                 *radio_updates,
                 gr.update(value="Submit ratings" if task.feedback == "rating" else "Submit ranking"),
                 *edit_updates,
-                "",
+                mine.get(None) or "",
             )
 
         task_outputs = [task_state, progress, guidelines, prompt, status, *candidate_outputs, submit, *edits,

@@ -368,24 +368,36 @@ CODE = "def total(xs):\n    result = 0\n\n    for x in xs:\n        result += x\
 FIXED = "def total(xs):\n    result = 0\n\n    for x in xs:\n        if x is not None:\n            result += x\n\n    return result\n"
 
 
-def test_correct_a_code_answer_in_browser_keeps_its_indentation(browser, tmp_path):
-    """An annotator rewrites a code answer (4-space indents, blank lines) while ranking; the correction is stored
-    exactly as typed, comes out over the original in the pairs and as an SFT row, and the admins count it."""
-    from labeling_ui.export import project_rows
-
+def code_project(tmp_path: Path) -> tuple[str, st.Store]:
+    """A one-item project "code" (the code answer and another) and the annotator ann."""
     db_url = f"sqlite:///{tmp_path / 'label.db'}"
     store = st.Store(db_url)
     st.add_user(store, "ann", PASSWORD)
     st.import_items(store, "code", [{"id": "sum", "prompt": "Sum a list in Python.",
                                      "candidates": [CODE, "Use a loop."]}], annotations_per_item=1)
+    return db_url, store
+
+
+def open_code_edit_box(page, url: str):  # noqa: ANN201
+    """Log ann in and open the code answer's Edit box; its slot and its textarea."""
+    log_in(page, url, "ann")
+    page.wait_for_selector("#cand-1", state="visible", timeout=60_000)
+    code = next(i for i in range(2) if "def total" in page.inner_text(f"#cand-{i} .cand-body"))
+    page.locator(f"#edit-open-{code}").get_by_text("Edit this answer").click()
+    editor = page.locator(f"#edit-{code} textarea")
+    editor.wait_for(state="visible", timeout=30_000)
+    return code, editor
+
+
+def test_correct_a_code_answer_in_browser_keeps_its_indentation(browser, tmp_path):
+    """An annotator rewrites a code answer (4-space indents, blank lines) while ranking; the correction is stored
+    exactly as typed, comes out over the original in the pairs and as an SFT row, and the admins count it."""
+    from labeling_ui.export import project_rows
+
+    db_url, store = code_project(tmp_path)
     with ServerProcess(db_url, log_path=tmp_path / "server.log") as server:
         page = browser.new_page(viewport={"width": 1200, "height": 1400})
-        log_in(page, server.url, "ann")
-        page.wait_for_selector("#cand-1", state="visible", timeout=60_000)
-        code = next(i for i in range(2) if "def total" in page.inner_text(f"#cand-{i} .cand-body"))
-        page.locator(f"#edit-open-{code}").get_by_text("Edit this answer").click()
-        editor = page.locator(f"#edit-{code} textarea")
-        editor.wait_for(state="visible", timeout=30_000)
+        code, editor = open_code_edit_box(page, server.url)
         assert editor.input_value() == CODE  # the answer to edit, exactly as stored
         editor.fill(FIXED)
         page.check(f"#rank-{code} input[value='2']")
@@ -401,6 +413,27 @@ def test_correct_a_code_answer_in_browser_keeps_its_indentation(browser, tmp_pat
     assert st.project_progress(store, "code")["annotators"]["ann"]["corrections"] == 1
     (item,) = st.ranked_items(store, "code")
     assert {item.candidates[c]: rank for c, rank in item.rankings["ann"].items()} == {CODE: 2, "Use a loop.": 1}
+
+
+def test_a_task_shown_again_shows_the_earlier_correction_in_the_edit_box(browser, tmp_path):
+    """An annotator saved a correction and an answer of their own on a task still open (then reloaded the page):
+    the Edit box and the own-answer box show what they wrote, not the model's answer or a blank."""
+    db_url, store = code_project(tmp_path)
+    ann = st.get_user(store, "ann")
+    task = st.claim_next(store, ann, "code")
+    original = next(c["id"] for c in task.candidates if c["text"] == CODE)
+    st.submit_correction(store, ann, task.assignment_id, FIXED, corrects=original)
+    st.submit_correction(store, ann, task.assignment_id, "print(sum(xs))")
+    with ServerProcess(db_url, log_path=tmp_path / "server.log") as server:
+        page = browser.new_page(viewport={"width": 1200, "height": 1400})
+        code, editor = open_code_edit_box(page, server.url)
+        assert editor.input_value() == FIXED
+        assert "saved earlier" in page.inner_text(f"#edit-{code}")
+        page.locator("#new-answer-open").get_by_text("Write your own answer").click()
+        own = page.locator("#new-answer textarea")
+        own.wait_for(state="visible", timeout=30_000)
+        assert own.input_value() == "print(sum(xs))"
+        page.close()
 
 
 def tool_trajectory(expression: str, result: str, answer: str) -> list[dict[str, str]]:

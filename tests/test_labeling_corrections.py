@@ -144,6 +144,58 @@ def test_json_api_corrections_endpoint(tmp_path):
         bad = client.post(url, headers=headers, json={"text": FIXED, "corrects": str(code)})
         assert bad.status_code == 422 and bad.json()["fields"] == ["body.corrects"]
         assert client.post(url, headers=headers, json={"text": FIXED, "corrects": code}).status_code == 200
+        again = client.post("/api/v1/projects/code/next", headers=headers).json()["task"]
+        assert [(c["corrects"], c["text"]) for c in again["corrections"]] == [(code, FIXED)]  # shown again
+        own = client.post(url, headers=headers, json={"text": "my own"}).json()["candidate_id"]
+        assert client.delete(url, headers=headers).json() == {"withdrawn": True}  # the own answer
+        assert client.delete(url, headers=headers).json() == {"withdrawn": False}
+        again = client.post("/api/v1/projects/code/next", headers=headers).json()["task"]
+        assert own not in [c["id"] for c in again["corrections"]] and len(again["corrections"]) == 1
         ranks = {str(c["id"]): i + 1 for i, c in enumerate(task["candidates"])}
         client.post(f"/api/v1/tasks/{task['assignment_id']}/submit", headers=headers, json={"ranks": ranks})
     assert [(c.text, c.original) for c in st.corrections(store, "code")] == [(FIXED, CODE)]
+
+
+def test_a_task_shown_again_lists_the_annotators_own_corrections_only(db):
+    ann, bea = setup(db)
+    task = st.claim_next(db, ann, "code")
+    assert task.corrections == []
+    ids = by_text(task)
+    fixed = st.submit_correction(db, ann, task.assignment_id, FIXED, corrects=ids[CODE])
+    own = st.submit_correction(db, ann, task.assignment_id, "print(sum([1, 2]))")
+    again = st.claim_next(db, ann, "code")  # the page reloaded, or the annotator came back later
+    assert again.assignment_id == task.assignment_id and again.candidates == task.candidates
+    assert again.corrections == [{"id": fixed, "corrects": ids[CODE], "text": FIXED},
+                                 {"id": own, "corrects": None, "text": "print(sum([1, 2]))"}]
+    assert st.claim_next(db, bea, "code").corrections == []  # never anyone else's
+    assert st.withdraw_correction(db, ann, task.assignment_id) is True
+    assert st.withdraw_correction(db, ann, task.assignment_id) is False  # nothing left to take back
+    with pytest.raises(AlignError, match="not yours"):
+        st.withdraw_correction(db, bea, task.assignment_id, corrects=ids[CODE])
+    assert [c["id"] for c in st.claim_next(db, ann, "code").corrections] == [fixed]
+    st.submit_ranking(db, ann, task.assignment_id, {ids[CODE]: 1, ids["sum()"]: 2})
+    assert [row["completion"] for row in project_rows(db, "code", "sft")] == [FIXED]
+    assert "withdraw_correction" in [entry["action"] for entry in st.audit_log(db)]
+
+
+def test_the_page_shows_earlier_corrections_and_submits_only_what_changed(tmp_path):
+    from labeling_ui.page import submit_given
+
+    store = st.Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    ann, _ = setup(store)
+    task = st.claim_next(store, ann, "code")
+    ids = [c["id"] for c in task.candidates]
+    texts = [c["text"] for c in task.candidates]
+    code = texts.index(CODE)
+    st.submit_correction(store, ann, task.assignment_id, FIXED, corrects=ids[code])
+    st.submit_correction(store, ann, task.assignment_id, "my own")
+    again = st.claim_next(store, ann, "code")
+    mine = {c["corrects"]: c["text"] for c in again.corrections}
+    state = {"assignment_id": task.assignment_id, "ids": ids, "texts": texts, "feedback": "ranking",
+             "corrected": [mine.get(i) for i in ids], "own_answer": mine.get(None)}
+    edits = [mine.get(i, t) for i, t in zip(ids, texts, strict=True)]  # as the Edit boxes show them
+    edits[code] = CODE  # set back to the answer: the correction is taken back
+    submit_given(store, ann, state, ("1", "2"), tuple(edits), "my own")  # own answer unchanged: not sent again
+    actions = [entry["action"] for entry in st.audit_log(store)]
+    assert actions.count("correct") == 2 and actions.count("withdraw_correction") == 1
+    assert [row["completion"] for row in project_rows(store, "code", "sft")] == ["my own"]

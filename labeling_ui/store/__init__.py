@@ -73,6 +73,7 @@ from labeling_ui.store.tasks import (
     submit_correction,
     submit_ranking,
     submit_ratings,
+    withdraw_correction,
 )
 from labeling_ui.store.throttle import LoginLocked, login_throttles, unlock, unlock_message
 from labeling_ui.store.users import (
@@ -110,6 +111,7 @@ __all__ = [
     "CorrectionInput",
     "corrections",
     "submit_correction",
+    "withdraw_correction",
     "rated_items",
     "RENDER_MODES",
     "LoginThrottle",

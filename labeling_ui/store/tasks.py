@@ -36,6 +36,9 @@ class Task(BaseModel):
     render: str = "text"  # the project's display mode: "text" (as written) or "markdown"
     feedback: str = "ranking"  # "ranking": rank every candidate; "rating": rate each one
     rating_scale: int | None = None  # rating projects: 2 (thumbs: 0 down, 1 up) or 5 (1 to 5)
+    # the annotator's own corrections so far, when the open task is shown again: {"id": its candidate id,
+    # "corrects": the candidate it rewrites (None: an answer of their own), "text"}; never anyone else's
+    corrections: list[dict[str, Any]] = []
 
 
 # The hot paths (claim, submit) run these prepared statements on a plain connection: the same SQL on
@@ -63,10 +66,13 @@ _INSERT_ASSIGNMENT = text(
     "INSERT INTO assignments (item_id, user_id, status, reason, created_at)"
     " VALUES (:item, :user, 'active', '', :at) RETURNING id"
 ).bindparams(bindparam("at", type_=DateTime))
-_TASK_TEXTS = text(
-    "SELECT i.prompt, c.id, c.text, c.messages FROM items i JOIN candidates c ON c.item_id = i.id"
-    " WHERE i.id = :item AND c.author_id IS NULL ORDER BY c.position"
-).columns(prompt=Text, id=Integer, text=Text, messages=JSON)
+_TASK_TEXTS = (  # the item's candidates, then the annotator's own corrections of them
+    text(
+        "SELECT i.prompt, c.id, c.text, c.messages, c.author_id, c.corrects_id FROM items i"
+        " JOIN candidates c ON c.item_id = i.id"
+        " WHERE i.id = :item AND (c.author_id IS NULL OR c.author_id = :user) ORDER BY c.position"
+    ).columns(prompt=Text, id=Integer, text=Text, messages=JSON, author_id=Integer, corrects_id=Integer)
+)
 _CLOSE_SUBMITTED = text(
     "UPDATE assignments SET status = 'submitted', finished_at = :at"
     " WHERE id = :assignment AND user_id = :user AND status = 'active' RETURNING item_id"
@@ -87,9 +93,9 @@ _INSERT_RATING = text(
 
 
 def _task(connection: Connection, assignment_id: int, item_id: int, user_id: int, project: Any) -> Task:
-    rows = connection.execute(_TASK_TEXTS, {"item": item_id}).all()
+    rows = connection.execute(_TASK_TEXTS, {"item": item_id, "user": user_id}).all()
     candidates = [{"id": row.id, "text": row.text, **({"messages": row.messages} if row.messages else {})}
-                  for row in rows]
+                  for row in rows if row.author_id is None]
     random.Random(f"{user_id}:{item_id}").shuffle(candidates)
     return Task(
         assignment_id=assignment_id,
@@ -100,6 +106,8 @@ def _task(connection: Connection, assignment_id: int, item_id: int, user_id: int
         render=project.render,
         feedback=project.feedback,
         rating_scale=project.rating_scale,
+        corrections=[{"id": row.id, "corrects": row.corrects_id, "text": row.text}
+                     for row in rows if row.author_id is not None],
     )
 
 
@@ -309,6 +317,13 @@ class CorrectionInput(BaseModel):
         return value
 
 
+def _own_correction(session: Session, assignment: Assignment, corrects: int | None) -> Candidate | None:
+    """The annotator's correction of candidate ``corrects`` (None: their own answer) on the assignment's item."""
+    return session.scalar(select(Candidate).where(
+        Candidate.item_id == assignment.item_id, Candidate.author_id == assignment.user_id,
+        Candidate.corrects_id.is_(None) if corrects is None else Candidate.corrects_id == corrects))
+
+
 def submit_correction(store: Store, user: User, assignment_id: int, text: str, corrects: int | None = None) -> int:
     """Store the annotator's correction of a candidate of their open task, or (``corrects=None``) a new
     answer of their own; returns its candidate id. Call it before the task's ranking or ratings.
@@ -331,9 +346,7 @@ def submit_correction(store: Store, user: User, assignment_id: int, text: str, c
                 raise AlignError(f"candidate {given.corrects} is not an answer of task {assignment_id}")
             if original.text == given.text:
                 raise AlignError("the correction is the same as the answer: change it, or leave it out")
-        mine = select(Candidate).where(Candidate.item_id == assignment.item_id, Candidate.author_id == user.id)
-        existing = session.scalar(mine.where(
-            Candidate.corrects_id.is_(None) if given.corrects is None else Candidate.corrects_id == given.corrects))
+        existing = _own_correction(session, assignment, given.corrects)
         if existing is None:
             last = session.scalar(select(func.max(Candidate.position)).where(Candidate.item_id == assignment.item_id))
             existing = Candidate(item_id=assignment.item_id, position=(last or 0) + 1, source="",
@@ -346,6 +359,20 @@ def submit_correction(store: Store, user: User, assignment_id: int, text: str, c
         audit(session, user.name, "correct", assignment_id=assignment_id, item_id=assignment.item_id,
               corrects=given.corrects, candidate_id=existing.id)
         return existing.id
+
+
+def withdraw_correction(store: Store, user: User, assignment_id: int, corrects: int | None = None) -> bool:
+    """Take back the annotator's correction of candidate ``corrects`` (None: their own answer) on their open
+    task, before its ranking or ratings; whether there was one to take back."""
+    with store.transaction() as session:
+        assignment = _own_active_assignment(session, user, assignment_id)
+        existing = _own_correction(session, assignment, corrects)
+        if existing is None:
+            return False
+        audit(session, user.name, "withdraw_correction", assignment_id=assignment_id, item_id=assignment.item_id,
+              corrects=corrects, candidate_id=existing.id)
+        session.delete(existing)
+        return True
 
 
 def release(store: Store, user: User, assignment_id: int, status: str, reason: str) -> None:
