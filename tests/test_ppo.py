@@ -302,11 +302,12 @@ def test_a_killed_worker_ends_the_job_clearly_and_resume_gives_the_uninterrupted
 
 @pytest.mark.slow
 def test_grpo_in_separate_groups_then_a_nan_loss_stops_without_touching_the_last_checkpoint(micro_model, tmp_path):
-    """GRPO with every role in its own group starts like the colocated job (KL 0, ratio 1); once a reward
-    function turns NaN after checkpoint 2, the job stops with a message and leaves that checkpoint as it was."""
+    """GRPO with every role in its own group, its forwards in prompt-shared rows, starts like the colocated job
+    (KL 0, ratio 1, the trainer's log-probs agreeing with vLLM's); once a reward function turns NaN after
+    checkpoint 2, the job stops with a message and leaves that checkpoint as it was."""
     output, flag = tmp_path / "grpo", tmp_path / "nan.flag"
     config = write_config(micro_model, output, colocate=[], algorithm__advantage="grpo", kl__use_in="loss",
-                          kl__estimator="k3", train__max_steps=STEPS, train__save_every=2,
+                          kl__estimator="k3", train__max_steps=STEPS, train__save_every=2, train__share_prompts=True,
                           reward__functions=["reward.functions:sentiment_judge", "tests.reward_helpers:nan_once_flagged"])
     process = subprocess.Popen([*ALIGN, "ppo", "--config", str(config)], cwd=REPO,
                                env={**subprocess_env(), "NAN_REWARD_FLAG": str(flag)},
@@ -328,6 +329,7 @@ def test_grpo_in_separate_groups_then_a_nan_loss_stops_without_touching_the_last
     assert {p: p.stat().st_mtime_ns for p in latest.rglob("*") if p.is_file()} == before
     rows = read_metrics(output)
     assert rows[1]["kl/sequence"] == 0.0 and rows[1]["policy/ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert rows[1]["rollout/mismatch"] < 1.05
     assert "critic/loss" not in rows[1] and rows[-1]["step"] >= 2
 
 

@@ -102,6 +102,8 @@ class PPOTrainConfig(Section):
 
     max_steps: int = Field(50, ge=1, description="Rollout-and-train steps.")
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward pass on one rank.")
+    share_prompts: bool = Field(False, description="The samples of one prompt share one row in the trainer's forwards: "
+                                "the prompt computed once, no padding between responses (False: one padded row per sample).")
     eval_every: int = Field(10, ge=1, description="Score held-out prompts every N steps (also before step 1 and at the end).")
     eval_samples: int = Field(2, ge=1, description="Samples per held-out prompt (fixed seed).")
     save_every: int = Field(10, ge=1, description="Write a resumable whole-job checkpoint every N steps (and at the end).")

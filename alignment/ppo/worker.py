@@ -26,6 +26,7 @@ from alignment.ppo.batch import RolloutBatch
 from alignment.ppo.config import PPOConfig, Role
 from alignment.ppo.kl import kl_estimate
 from alignment.ppo.losses import aggregate, loss_units, policy_loss, sequence_ratio_loss, value_loss
+from alignment.ppo.packing import ForwardRows, padded_rows, prompt_grouped_chunks, shared_rows
 from alignment.strategy import DeepSpeedStrategy
 from alignment.trainer import optimizer_step
 from rollout.weight_broadcast import BroadcastSender
@@ -39,24 +40,25 @@ def length_chunks(lengths: list[int], micro: int) -> list[list[int]]:
 
 
 def response_logprobs(model: torch.nn.Module, batch: RolloutBatch, temperature: float,
-                      entropy: Literal["grad", "metric"] | None = "grad"):
+                      entropy: Literal["grad", "metric"] | None = "grad", rows: ForwardRows | None = None):
     """[b, R] log-probabilities of each response token under softmax(logits / temperature), and their
-    entropies: differentiable ("grad", a loss term), without gradient ("metric") or not computed (None)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    positions = batch.positions.to(logits.device)
-    rows = torch.arange(len(batch), device=logits.device)[:, None]
-    targets = batch.input_ids.to(logits.device).gather(1, positions + 1)
-    logprobs = token_logprobs(logits, targets, rows, positions, temperature)
+    entropies: differentiable ("grad", a loss term), without gradient ("metric") or not computed (None).
+    ``rows``: how the model reads the batch (:mod:`alignment.ppo.packing`; default one padded row per sample)."""
+    rows = rows or padded_rows(batch)
+    logits = model(**rows.model_inputs()).logits
+    targets = batch.input_ids.to(logits.device).gather(1, batch.positions.to(logits.device) + 1)
+    logprobs = token_logprobs(logits, targets, rows.rows, rows.positions, temperature)
     if entropy is None:
         return logprobs, None
     with torch.set_grad_enabled(entropy == "grad" and torch.is_grad_enabled()):
-        return logprobs, entropies(logits, rows, positions, temperature)
+        return logprobs, entropies(logits, rows.rows, rows.positions, temperature)
 
 
-def response_values(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
+def response_values(model: torch.nn.Module, batch: RolloutBatch, rows: ForwardRows | None = None) -> torch.Tensor:
     """[b, R] the critic's value of the state before each response token."""
-    values = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[..., 0].float()
-    return values.gather(1, batch.positions.to(values.device))
+    rows = rows or padded_rows(batch)
+    values = model(**rows.model_inputs()).logits[..., 0].float()
+    return values[rows.rows, rows.positions]
 
 
 class PPOWorker(BroadcastSender, DistributedWorker):
@@ -109,13 +111,26 @@ class PPOWorker(BroadcastSender, DistributedWorker):
         model, self.reward_tokenizer = load_reward_model(cfg.reward.model, dtype, cfg.chat_template)
         return model
 
-    def _by_length(self, lengths: list[int], outputs) -> list:
-        """``outputs(indices)`` over micro-batches of similar length; the results in sample order."""
+    def _by_length(self, lengths: list[int], outputs, chunks: list[list[int]] | None = None) -> list:
+        """``outputs(indices)`` over micro-batches (``chunks``, default: of similar length); the results
+        in sample order."""
         results: list = [None] * len(lengths)
-        for indices in length_chunks(lengths, self.micro):
+        for indices in chunks or length_chunks(lengths, self.micro):
             for index, result in zip(indices, outputs(indices)):
                 results[index] = result
         return results
+
+    def _micro_batches(self, batch: RolloutBatch, indices: list[int]) -> list[list[int]]:
+        """``indices`` in micro-batches: the samples of a prompt together (``train.share_prompts``),
+        else of similar length."""
+        if self.config.train.share_prompts:
+            return prompt_grouped_chunks(batch, indices, self.micro)
+        lengths = batch.lengths.tolist()
+        return [[indices[i] for i in chunk] for chunk in length_chunks([lengths[i] for i in indices], self.micro)]
+
+    def _rows(self, chunk: RolloutBatch, strategy: DeepSpeedStrategy) -> ForwardRows | None:
+        """How the model reads ``chunk`` (on its device): prompt-shared rows, or None (padded rows)."""
+        return shared_rows(chunk, strategy.dtype) if self.config.train.share_prompts else None
 
     # ---- experience ------------------------------------------------------------------------
 
@@ -129,14 +144,15 @@ class PPOWorker(BroadcastSender, DistributedWorker):
 
         def outputs(indices: list[int]) -> list[torch.Tensor]:
             chunk = batch.select(indices).to(strategy.device)
+            rows = self._rows(chunk, strategy)
             if role == "critic":
-                values = response_values(strategy.engine, chunk)
+                values = response_values(strategy.engine, chunk, rows)
             else:
-                values, _ = response_logprobs(strategy.engine, chunk, self.config.sampling.temperature, entropy=None)
+                values, _ = response_logprobs(strategy.engine, chunk, self.config.sampling.temperature, None, rows)
             return list((values * chunk.response_mask).cpu())
 
         with adapters_disabled(strategy.engine) if base else contextlib.nullcontext():
-            rows = self._by_length(batch.lengths.tolist(), outputs)
+            rows = self._by_length(batch.lengths.tolist(), outputs, self._micro_batches(batch, list(range(len(batch)))))
         for index, row in enumerate(rows):
             out[index, : row.shape[0]] = row
         return out
@@ -162,14 +178,12 @@ class PPOWorker(BroadcastSender, DistributedWorker):
         per_rank = cfg.mini_batch_size // self.world_size
         loss = self._actor_loss if role == "actor" else self._critic_loss
         mode = cfg.loss_aggregation if role == "actor" else "token"
-        lengths = batch.lengths.tolist()
         totals: dict[str, float] = {"updates": 0.0}
         for epoch in range(cfg.ppo_epochs):
             order = np.random.default_rng([self.config.train.seed, step, epoch, self.rank]).permutation(len(batch))
             for start in range(0, len(batch), per_rank):
                 minibatch = order[start : start + per_rank].tolist()
-                chunks = [batch.select([minibatch[i] for i in indices]) for indices in
-                          length_chunks([lengths[i] for i in minibatch], self.micro)]
+                chunks = [batch.select(indices) for indices in self._micro_batches(batch, minibatch)]
                 result = optimizer_step(
                     strategy, chunks, lambda chunk: loss(chunk.to(strategy.device), mode, kl_coef),
                     lambda chunk: loss_units(chunk.loss_mask, mode, self.config.sampling.max_tokens),
@@ -182,8 +196,9 @@ class PPOWorker(BroadcastSender, DistributedWorker):
     def _actor_loss(self, batch: RolloutBatch, mode: str, kl_coef: float):
         cfg = self.config.algorithm
         mask = batch.loss_mask
-        logprobs, entropy = response_logprobs(self.models["actor"].engine, batch, self.config.sampling.temperature,
-                                              "grad" if cfg.entropy_coef else "metric")
+        actor = self.models["actor"]
+        logprobs, entropy = response_logprobs(actor.engine, batch, self.config.sampling.temperature,
+                                              "grad" if cfg.entropy_coef else "metric", self._rows(batch, actor))
         old = batch.old_logprobs
         if cfg.importance_ratio == "sequence":
             token_loss, clipped, ratio = sequence_ratio_loss(logprobs, old, batch.advantages, mask, cfg.clip_low, cfg.clip_high)
@@ -209,7 +224,8 @@ class PPOWorker(BroadcastSender, DistributedWorker):
 
     def _critic_loss(self, batch: RolloutBatch, mode: str, kl_coef: float):
         mask = batch.loss_mask
-        values = response_values(self.models["critic"].engine, batch)
+        critic = self.models["critic"]
+        values = response_values(critic.engine, batch, self._rows(batch, critic))
         old = batch.old_values
         clip = self.config.algorithm.value_clip
         loss_sum, units = aggregate(value_loss(values, old, batch.returns, clip), mask, "token")
