@@ -19,6 +19,12 @@ from alignment.data import IGNORE_INDEX, TokenizedExample
 from alignment.logprobs import token_logprobs
 
 
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[G, 1, W, W] attention mask for the model from [G, W, W] "query may attend key": 0 where allowed,
+    the dtype's minimum elsewhere (what every attention implementation reads, eager included)."""
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+
 def shared_prefix_length(chosen: Sequence[int], rejected: Sequence[int]) -> int:
     """Tokens the two sequences share at the start, leaving each at least one token of its own."""
     limit = min(len(chosen), len(rejected)) - 1
@@ -69,8 +75,7 @@ def pack_pairs(pairs: Sequence[tuple[TokenizedExample, TokenizedExample]], pad_i
         last[index], last[count + index] = n_chosen - 1, end - 1
         labels[index, :n_chosen] = torch.tensor(chosen.labels)
         labels[count + index, : shared + n_own] = torch.tensor(rejected.labels)
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-    return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask.unsqueeze(1),
+    return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": additive_mask(allowed, dtype),
             "rows": rows, "labels": labels, "last": last}
 
 

@@ -334,9 +334,7 @@ def test_grpo_in_separate_groups_then_a_nan_loss_stops_without_touching_the_last
 
 
 def test_worker_forwards_group_samples_by_length_and_returns_them_in_order():
-    from types import SimpleNamespace
-
-    from alignment.ppo.worker import PPOWorker
+    from alignment.ppo.worker import PPOWorker, length_chunks
 
     samples = [[7] * n for n in (5, 40, 7, 33, 6, 21, 12, 28, 3)]
     chunks: list[list[int]] = []
@@ -346,6 +344,6 @@ def test_worker_forwards_group_samples_by_length_and_returns_them_in_order():
         chunks.append([len(s) for s in chunk])
         return [len(s) for s in chunk]
 
-    results = PPOWorker._by_length(SimpleNamespace(micro=4), [len(s) for s in samples], outputs)
+    results = PPOWorker._in_sample_order(len(samples), length_chunks([len(s) for s in samples], 4), outputs)
     assert results == [len(s) for s in samples]
     assert chunks == [[3, 5, 6, 7], [12, 21, 28, 33], [40]]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
+from alignment.pair_packing import additive_mask
 from alignment.ppo.batch import RolloutBatch
 
 ROW_TOKENS = 512
@@ -119,5 +120,4 @@ def shared_rows(batch: RolloutBatch, dtype: torch.dtype = torch.float32, row_tok
             positions[index, 1:length] = torch.arange(start, end - 1)
             positions[index, length:] = end - 1
             start = end
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-    return ForwardRows(input_ids, mask.unsqueeze(1), position_ids, rows, positions).to(batch.input_ids.device)
+    return ForwardRows(input_ids, additive_mask(allowed, dtype), position_ids, rows, positions).to(batch.input_ids.device)

@@ -111,11 +111,11 @@ class PPOWorker(BroadcastSender, DistributedWorker):
         model, self.reward_tokenizer = load_reward_model(cfg.reward.model, dtype, cfg.chat_template)
         return model
 
-    def _by_length(self, lengths: list[int], outputs, chunks: list[list[int]] | None = None) -> list:
-        """``outputs(indices)`` over micro-batches (``chunks``, default: of similar length); the results
-        in sample order."""
-        results: list = [None] * len(lengths)
-        for indices in chunks or length_chunks(lengths, self.micro):
+    @staticmethod
+    def _in_sample_order(count: int, chunks: list[list[int]], outputs) -> list:
+        """``outputs(indices)`` over the micro-batches ``chunks`` of ``count`` samples; results in sample order."""
+        results: list = [None] * count
+        for indices in chunks:
             for index, result in zip(indices, outputs(indices)):
                 results[index] = result
         return results
@@ -152,7 +152,7 @@ class PPOWorker(BroadcastSender, DistributedWorker):
             return list((values * chunk.response_mask).cpu())
 
         with adapters_disabled(strategy.engine) if base else contextlib.nullcontext():
-            rows = self._by_length(batch.lengths.tolist(), outputs, self._micro_batches(batch, list(range(len(batch)))))
+            rows = self._in_sample_order(len(batch), self._micro_batches(batch, list(range(len(batch)))), outputs)
         for index, row in enumerate(rows):
             out[index, : row.shape[0]] = row
         return out
@@ -164,7 +164,8 @@ class PPOWorker(BroadcastSender, DistributedWorker):
 
         strategy = self.models["reward"]
         ids = encode_conversations(self.reward_tokenizer, prompts, texts, self.config.reward.max_length)
-        scores = self._by_length([len(x) for x in ids], lambda indices: score_token_ids(
+        chunks = length_chunks([len(x) for x in ids], self.micro)
+        scores = self._in_sample_order(len(ids), chunks, lambda indices: score_token_ids(
             strategy.engine, [ids[i] for i in indices], self.reward_tokenizer.pad_token_id, strategy.device))
         return torch.tensor(scores, dtype=torch.float32)
 
