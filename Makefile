@@ -35,7 +35,7 @@ demo: install
 	$(BIN)/align demo
 
 test: install test-deps
-	$(BIN)/python -m pytest tests -q -ra --durations=15
+	$(BIN)/python -m pytest tests -q -ra --durations=40
 
 test-fast: install
 	$(BIN)/python -m pytest tests -q -m "not slow"

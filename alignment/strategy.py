@@ -52,6 +52,7 @@ class DeepSpeedStrategy:
         self.accumulation_steps = accumulation_steps
         self.engine = None
         self._hf_ds_config = None  # keeps transformers' ZeRO-3 hook alive while loading
+        self._unsharded_norm = float("nan")
 
     @property
     def rank(self) -> int:
@@ -157,12 +158,18 @@ class DeepSpeedStrategy:
     def step(self) -> bool:
         """Optimizer step at the accumulation boundary; True when the weights changed."""
         boundary = self.engine.is_gradient_accumulation_boundary()
+        if boundary and not hasattr(self.engine.optimizer, "_global_grad_norm"):
+            # ZeRO-0 with a torch optimizer: DeepSpeed clips without keeping the norm; the gradients are
+            # averaged over ranks by now, so every rank computes the same global norm
+            self._unsharded_norm = float(torch.nn.utils.get_total_norm(
+                [p.grad for p in self.engine.module.parameters() if p.grad is not None]))
         self.engine.step()
         return boundary
 
     def grad_norm(self) -> float:
+        """The global gradient norm before clipping, of the last optimizer step (nan before the first)."""
         norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        return float(norm) if norm is not None else self._unsharded_norm
 
     def current_lr(self) -> float:
         return float(self.engine.get_lr()[0])

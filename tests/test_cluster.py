@@ -47,7 +47,7 @@ def test_group_spread_over_two_nodes_trains_like_one_process(two_node_cluster, m
     config = sft_config(micro_model, tmp_path / "run", cluster__address=two_node_cluster.address,
                         cluster__spread_nodes=True, strategy__zero_stage=3, train__max_steps=4)
     run_sft(config)
-    expected, _ = plain_pytorch_losses(config)
+    expected, _, _ = plain_pytorch_losses(config)
     assert [row["train/loss"] for row in read_metrics(tmp_path / "run")] == pytest.approx(expected, rel=1e-5)
     assert len(ray.nodes()) == 2
 

@@ -14,8 +14,9 @@ from tests.conftest import read_metrics, sft_config
 STEPS = 4
 
 
-def plain_pytorch_losses(config) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """The same job as one process with torch.optim.AdamW and no DeepSpeed: loss per step, final weights."""
+def plain_pytorch_losses(config) -> tuple[list[float], list[float], dict[str, torch.Tensor]]:
+    """The same job as one process with torch.optim.AdamW and no DeepSpeed: loss and gradient norm (before
+    clipping) per step, final weights."""
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(config.model)
@@ -25,7 +26,7 @@ def plain_pytorch_losses(config) -> tuple[list[float], dict[str, torch.Tensor]]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, betas=config.optim.betas,
                                   eps=config.optim.eps, weight_decay=config.optim.weight_decay)
     sampler = StepSampler(len(train), config.train.global_batch_size, config.train.seed)
-    losses = []
+    losses, norms = [], []
     for step in range(STEPS):
         batch = pad_batch([train[i] for i in sampler.indices(step)], tokenizer.pad_token_id)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
@@ -33,11 +34,11 @@ def plain_pytorch_losses(config) -> tuple[list[float], dict[str, torch.Tensor]]:
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX,
                                reduction="sum") / (labels != IGNORE_INDEX).sum()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.strategy.grad_clip)
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.strategy.grad_clip)))
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())
-    return losses, {k: v.detach() for k, v in model.state_dict().items()}
+    return losses, norms, {k: v.detach() for k, v in model.state_dict().items()}
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +54,11 @@ def test_zero_stages_match_single_process_pytorch(stage, micro_model, reference,
     config = sft_config(micro_model, tmp_path / "run", strategy__zero_stage=stage, train__max_steps=STEPS)
     final = run_sft(config)
 
-    expected_losses, expected_weights = reference
+    expected_losses, expected_norms, expected_weights = reference
     metrics = read_metrics(tmp_path / "run")
     assert [row["step"] for row in metrics] == list(range(1, STEPS + 1))
     assert [row["train/loss"] for row in metrics] == pytest.approx(expected_losses, rel=1e-5)
+    assert [row["train/grad_norm"] for row in metrics] == pytest.approx(expected_norms, rel=1e-4)  # ZeRO-0 too
     assert expected_losses[-1] < expected_losses[0]  # it learned
 
     trained = AutoModelForCausalLM.from_pretrained(str(final), dtype=torch.float32).state_dict()
