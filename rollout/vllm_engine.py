@@ -9,12 +9,19 @@ Weight sync: ``update_weights(state_dict)`` loads a full state dict with
 whose linear layers are repacked), then resets the prefix cache. The state dict comes through Ray's
 object store, or by broadcast from trainer rank 0 (:mod:`rollout.weight_broadcast`: gloo on CPU,
 tested here; NCCL on CUDA, the same code with another backend, not yet run on a GPU).
+
+Adapter sync (``rollout.lora_sync: adapter``): an engine started with ``lora_rank`` has vLLM's LoRA support
+on; ``load_adapter(files)`` writes a PEFT adapter directory, registers it as the next adapter version
+and drops the previous one, and every later generation runs with it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from alignment.logs import redirect_actor_output
@@ -23,6 +30,15 @@ from rollout.config import RolloutConfig, SamplingConfig, default_core_binding, 
 from rollout.weight_broadcast import BroadcastReceiver
 
 CPU_MAX_SEQS = 256  # sequences a CPU engine runs at once
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's max_lora_rank accepts
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that holds adapters of ``rank``."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ValueError(f"vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}, not {rank}")
 
 
 def repack_tied_lm_head(worker: Any) -> None:
@@ -43,7 +59,7 @@ class VLLMEngine(BroadcastReceiver):
     """One ``vllm.LLM`` (in-process) answering token-id prompts."""
 
     def __init__(self, model: str, tokenizer: str, config: dict[str, Any], engine_index: int,
-                 log_file: str | None = None) -> None:
+                 log_file: str | None = None, lora_rank: int | None = None) -> None:
         redirect_actor_output(log_file)
         cfg = RolloutConfig.model_validate(config)
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -70,8 +86,11 @@ class VLLMEngine(BroadcastReceiver):
             **({} if self.cuda else {"max_num_seqs": CPU_MAX_SEQS, "max_num_batched_tokens": CPU_MAX_SEQS * cfg.max_model_len}),
             # Log-probabilities after temperature/top-k/top-p, as the trainer computes them.
             logprobs_mode="processed_logprobs",
+            **({} if lora_rank is None else {"enable_lora": True, "max_lora_rank": vllm_lora_rank(lora_rank), "max_loras": 1}),
         )
         self.engine_index = engine_index
+        self.lora_request = None  # the adapter every generation runs with (adapter sync)
+        self.adapter_root = tempfile.mkdtemp(prefix="align-adapter-") if lora_rank is not None else None
 
     def info(self) -> dict[str, Any]:
         """Where this engine runs (module path, process, cores): also the readiness probe."""
@@ -96,7 +115,7 @@ class VLLMEngine(BroadcastReceiver):
 
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_token_ids]
         sampling_params = params(0) if s.seed is None else [params(i) for i in range(len(prompts))]
-        outputs = self.llm.generate(prompts, sampling_params, use_tqdm=False)
+        outputs = self.llm.generate(prompts, sampling_params, use_tqdm=False, lora_request=self.lora_request)
         results = []
         for output in outputs:
             samples = []
@@ -121,4 +140,26 @@ class VLLMEngine(BroadcastReceiver):
             self.llm.collective_rpc(repack_tied_lm_head)
         if reset_prefix_cache:
             self.llm.reset_prefix_cache()
+        return time.perf_counter() - started
+
+    def load_adapter(self, files: dict[str, bytes]) -> float:
+        """Serve the PEFT adapter in ``files`` (file name -> contents, as ``save_pretrained`` writes them)
+        from now on, in place of the previous one; returns the seconds it took."""
+        from vllm.lora.request import LoRARequest
+
+        started = time.perf_counter()
+        if self.adapter_root is None:
+            raise RuntimeError("this engine was started without LoRA support (rollout.lora_sync: merged)")
+        version = 1 if self.lora_request is None else self.lora_request.lora_int_id + 1
+        directory = Path(self.adapter_root) / f"v{version}"
+        directory.mkdir()
+        for name, data in files.items():
+            (directory / name).write_bytes(data)
+        request = LoRARequest(f"actor-v{version}", version, str(directory))
+        self.llm.llm_engine.add_lora(request)
+        previous, self.lora_request = self.lora_request, request
+        if previous is not None:
+            self.llm.llm_engine.remove_lora(previous.lora_int_id)
+            shutil.rmtree(previous.lora_path, ignore_errors=True)
+        self.llm.reset_prefix_cache()
         return time.perf_counter() - started

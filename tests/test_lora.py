@@ -274,3 +274,24 @@ def test_lora_ppo_reference_is_the_base_weights_reach_the_engine_and_resume_is_e
     assert expected.keys() == actual.keys() and any("lora_B" in name for name in expected)
     for name, value in expected.items():
         torch.testing.assert_close(actual[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_lora_ppo_adapter_sync_serves_each_new_adapter_from_vllm(micro_model, ray_runtime, tmp_path):
+    """`rollout.lora_sync: adapter`: the engines start with vLLM's LoRA support and get only the adapter's
+    files after each step; their log-probs agree with the trainer's on every step while the policy moves
+    (a stale adapter would disagree), and each sync sends a fraction of the model's bytes."""
+    from tests.test_ppo import run_align, write_config
+
+    output = tmp_path / "adapter_sync"
+    settings = {"lora": LORA, "train__max_steps": 4, "train__save_every": 4, "optim__lr": 3e-3,
+                "rollout__lora_sync": "adapter"}
+    result = run_align("--config", str(write_config(micro_model, output, **settings)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_metrics(output)
+    assert all(row["rollout/mismatch"] < 1.0001 for row in rows[1:]), [r["rollout/mismatch"] for r in rows[1:]]
+    moved = [row["kl/token_estimate"] for row in rows[2:]]
+    assert max(abs(x) for x in moved) > 1e-4, moved
+    model_mib = sum(f.stat().st_size for f in (micro_model / "model").glob("*.safetensors")) / 2**20
+    synced = [row["sync/mib"] for row in rows[1:]]
+    assert all(0 < mib < model_mib / 2 for mib in synced), (synced, model_mib)

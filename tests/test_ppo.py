@@ -151,6 +151,9 @@ def ppo_tree(micro_model: Path, output_dir: Path, **overrides) -> dict:
     (["sampling.top_p=0.9"], "sampling.top_p must be 1"),
     (["reward.model=null", "reward.functions=[]"], "set reward.model and/or reward.functions"),
     (["kl.estimator=k4"], "'k1', 'k2' or 'k3'"),
+    (["rollout.lora_sync=adapter"], "rollout.lora_sync=adapter sends the actor's LoRA adapter to vLLM: it needs a `lora` section"),
+    (["rollout.lora_sync=adapter", "lora.rank=4", "rollout.backend=hf"], "and rollout.backend=vllm (got lora=set, backend=hf)"),
+    (["rollout.lora_sync=both"], "'merged' or 'adapter'"),
 ])
 def test_bad_configs_name_the_key(micro_model, tmp_path, override, message):
     path = tmp_path / "ppo.yaml"

@@ -196,6 +196,10 @@ class PPOConfig(Section):
             raise ValueError(f"reward.overlong_buffer ({buffer}) must be at most sampling.max_tokens ({self.sampling.max_tokens})")
         if not self.reward.model and not self.reward.functions and self.environment is None:
             raise ValueError("reward: set reward.model and/or reward.functions, or an environment (something must score the responses)")
+        if self.rollout.lora_sync == "adapter" and (self.lora is None or self.rollout.backend != "vllm"):
+            raise ValueError("rollout.lora_sync=adapter sends the actor's LoRA adapter to vLLM: it needs a `lora` "
+                             f"section and rollout.backend=vllm (got lora={'set' if self.lora else 'None'}, "
+                             f"backend={self.rollout.backend}); allowed: merged, adapter")
         seen = [role for group in self.colocate for role in group]
         if len(seen) != len(set(seen)):
             raise ValueError(f"colocate: a model appears in two groups: {self.colocate}")

@@ -77,6 +77,10 @@ class PPOModels:
     def actor_weights(self):
         return self.by_role["actor"].call("actor_weights")[0][0]
 
+    def actor_adapter(self) -> dict[str, bytes]:
+        """The actor's LoRA adapter as PEFT files (every rank gathers; rank 0's answer)."""
+        return self.by_role["actor"].call("actor_adapter")[0]
+
     def open_weight_broadcast(self, engines: RolloutEngines, backend: str, timeout_s: float) -> None:
         """Actor rank 0 hosts a broadcast group with every engine (``rollout.weight_sync: broadcast``)."""
         group = self.by_role["actor"]
@@ -206,8 +210,9 @@ class PPOJob:
         with self.timer.phase("startup"):
             groups = cfg.cluster.num_workers * cfg.cluster.cpus_per_worker  # colocated groups share their bundles
             start_ray(cfg.cluster, cpus=groups + cfg.rollout.num_engines * cfg.rollout.cpus_per_engine)
+            lora_rank = cfg.lora.rank if cfg.rollout.lora_sync == "adapter" else None
             self.engines = RolloutEngines(cfg.model, cfg.rollout, tokenizer=cfg.tokenizer, wait=False,
-                                          chat_template=cfg.chat_template)
+                                          chat_template=cfg.chat_template, lora_rank=lora_rank)
             room, limit, tools = cfg.response_budget, cfg.rollout.max_model_len, advertised_tools(cfg)
             self.prompts, self.prompt_ids = load_prompts(cfg.data.train, cfg.data.prompt_field, self.engines.tokenizer,
                                                          room, limit, tools)
@@ -378,7 +383,9 @@ class PPOJob:
         return metrics
 
     def sync(self) -> dict[str, float]:
-        if self.config.rollout.weight_sync == "broadcast":
+        if self.config.rollout.lora_sync == "adapter":
+            self.engines.load_adapter(self.models.actor_adapter())
+        elif self.config.rollout.weight_sync == "broadcast":
             self.models.broadcast_actor_weights(self.engines)
         else:
             self.engines.update_weights(self.models.actor_weights())

@@ -253,6 +253,13 @@ class PPOWorker(BroadcastSender, DistributedWorker):
         state = self.models["actor"].full_state_dict()
         return [ray.put(state)] if state is not None else None
 
+    def actor_adapter(self) -> dict[str, bytes] | None:
+        """The actor's LoRA adapter files (collective under ZeRO-3); rank 0's, None elsewhere."""
+        from alignment.lora import adapter_files
+
+        strategy = self.models["actor"]
+        return adapter_files(strategy.engine.module, strategy._gathered, self.rank == 0)
+
     def save(self, directory: str) -> None:
         for role in TRAINED:
             if role in self.models:
