@@ -17,6 +17,7 @@ and drops the previous one, and every later generation runs with it.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -91,6 +92,8 @@ class VLLMEngine(BroadcastReceiver):
         self.engine_index = engine_index
         self.lora_request = None  # the adapter every generation runs with (adapter sync)
         self.adapter_root = tempfile.mkdtemp(prefix="align-adapter-") if lora_rank is not None else None
+        if self.adapter_root is not None:
+            atexit.register(shutil.rmtree, self.adapter_root, ignore_errors=True)
 
     def info(self) -> dict[str, Any]:
         """Where this engine runs (module path, process, cores): also the readiness probe."""
