@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="train.max_steps (default: the config's)")
     parser.add_argument("--eval-every", type=int, help="train.eval_every (default: the config's)")
     parser.add_argument("--output", help="output directory (default: a temporary one)")
+    parser.add_argument("overrides", nargs="*", help="more config overrides, key=value (e.g. optim.lr=5e-5)")
     args = parser.parse_args()
 
     subprocess.run([ALIGN, "tiny", args.task], check=True, cwd=REPO)
@@ -42,6 +43,7 @@ def main() -> None:
         overrides.append(f"train.max_steps={args.steps}")
     if args.eval_every:
         overrides.append(f"train.eval_every={args.eval_every}")
+    overrides += args.overrides
     started = time.perf_counter()
     subprocess.run([ALIGN, "ppo", "--config", args.config, *overrides], check=True, cwd=REPO)
     seconds = time.perf_counter() - started
