@@ -12,14 +12,13 @@ tested here; NCCL on CUDA, the same code with another backend, not yet run on a 
 
 Adapter sync (``rollout.lora_sync: adapter``): an engine started with ``lora_rank`` has vLLM's LoRA support
 on; ``load_adapter(files)`` writes a PEFT adapter directory, registers it as the next adapter version
-and drops the previous one, and every later generation runs with it.
+and drops the previous one, and every later generation runs with it (the files are read at once; the
+directory is gone when the call returns).
 """
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -91,9 +90,7 @@ class VLLMEngine(BroadcastReceiver):
         )
         self.engine_index = engine_index
         self.lora_request = None  # the adapter every generation runs with (adapter sync)
-        self.adapter_root = tempfile.mkdtemp(prefix="align-adapter-") if lora_rank is not None else None
-        if self.adapter_root is not None:
-            atexit.register(shutil.rmtree, self.adapter_root, ignore_errors=True)
+        self.serves_lora = lora_rank is not None
 
     def info(self) -> dict[str, Any]:
         """Where this engine runs (module path, process, cores): also the readiness probe."""
@@ -151,18 +148,17 @@ class VLLMEngine(BroadcastReceiver):
         from vllm.lora.request import LoRARequest
 
         started = time.perf_counter()
-        if self.adapter_root is None:
+        if not self.serves_lora:
             raise RuntimeError("this engine was started without LoRA support (rollout.lora_sync: merged)")
         version = 1 if self.lora_request is None else self.lora_request.lora_int_id + 1
-        directory = Path(self.adapter_root) / f"v{version}"
-        directory.mkdir()
-        for name, data in files.items():
-            (directory / name).write_bytes(data)
-        request = LoRARequest(f"actor-v{version}", version, str(directory))
-        self.llm.llm_engine.add_lora(request)
+        # add_lora reads the files at once and the one adapter slot keeps them in memory: no directory outlives the call
+        with tempfile.TemporaryDirectory(prefix="align-adapter-") as directory:
+            for name, data in files.items():
+                (Path(directory) / name).write_bytes(data)
+            request = LoRARequest(f"actor-v{version}", version, directory)
+            self.llm.llm_engine.add_lora(request)
         previous, self.lora_request = self.lora_request, request
         if previous is not None:
             self.llm.llm_engine.remove_lora(previous.lora_int_id)
-            shutil.rmtree(previous.lora_path, ignore_errors=True)
         self.llm.reset_prefix_cache()
         return time.perf_counter() - started
