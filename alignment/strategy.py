@@ -254,6 +254,12 @@ class DeepSpeedStrategy:
         for name, buffer in self._persistent_buffers():
             yield name, buffer if self.rank == 0 else None
 
+    def adapter_files(self) -> dict[str, bytes] | None:
+        """A LoRA model's adapter as PEFT files (name -> bytes); rank 0's, None elsewhere. Collective under ZeRO-3."""
+        from alignment.lora import adapter_files
+
+        return adapter_files(self.engine.module, self._gathered, self.rank == 0)
+
     @staticmethod
     def _gathered(params: list[torch.nn.Parameter]):
         """Whole ZeRO-3 parameters inside the block (a no-op for parameters that are not partitioned)."""

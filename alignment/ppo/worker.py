@@ -255,10 +255,7 @@ class PPOWorker(BroadcastSender, DistributedWorker):
 
     def actor_adapter(self) -> dict[str, bytes] | None:
         """The actor's LoRA adapter files (collective under ZeRO-3); rank 0's, None elsewhere."""
-        from alignment.lora import adapter_files
-
-        strategy = self.models["actor"]
-        return adapter_files(strategy.engine.module, strategy._gathered, self.rank == 0)
+        return self.models["actor"].adapter_files()
 
     def save(self, directory: str) -> None:
         for role in TRAINED:
