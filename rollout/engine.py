@@ -221,41 +221,32 @@ class RolloutEngines:
         ``weights`` is a state dict (put once into Ray's object store) or an ObjectRef to one that
         a trainer rank already put there (no copy through the driver).
         """
-        import ray
-
-        self.wait_ready()
-        started = time.perf_counter()
-        ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
-        put_s = time.perf_counter() - started
-        load_s = self._get(
-            [engine.update_weights.remote(ref, reset_prefix_cache) for engine in self.engines],
-            self.config.call_timeout_s, "update_weights",
-        )
-        del ref
-        seconds = time.perf_counter() - started
-        self.last_sync = {"seconds": seconds, "put_s": put_s, "load_s": max(load_s)}
+        sizes = {}
         if isinstance(weights, dict):
-            self.last_sync["params"] = sum(t.numel() for t in weights.values())
-            self.last_sync["mib"] = sum(t.numel() * t.element_size() for t in weights.values()) / 2**20
-        log.info("rollout: weight sync to %d engine(s) in %.3f s (%s)", len(self.engines), seconds,
-                 ", ".join(f"{k} {v:.3f}" for k, v in self.last_sync.items() if k != "seconds"))
-        return seconds
+            sizes = {"params": sum(t.numel() for t in weights.values()),
+                     "mib": sum(t.numel() * t.element_size() for t in weights.values()) / 2**20}
+        return self._send("update_weights", weights, sizes, reset_prefix_cache)
 
     def load_adapter(self, files: dict[str, bytes]) -> float:
         """Serve a PEFT adapter (its files' contents by name) on every engine from now on; returns seconds."""
+        return self._send("load_adapter", files, {"mib": sum(len(data) for data in files.values()) / 2**20})
+
+    def _send(self, method: str, payload: Any, sizes: dict[str, float], *args: Any) -> float:
+        """Put ``payload`` once into Ray's object store (unless it is a reference already), call ``method``
+        with it on every engine, and record the timings and ``sizes`` in ``last_sync``; returns seconds."""
         import ray
 
         self.wait_ready()
         started = time.perf_counter()
-        ref = ray.put(files)
+        ref = payload if isinstance(payload, ray.ObjectRef) else ray.put(payload)
         put_s = time.perf_counter() - started
-        load_s = self._get([engine.load_adapter.remote(ref) for engine in self.engines], self.config.call_timeout_s,
-                           "load_adapter")
+        load_s = self._get([getattr(engine, method).remote(ref, *args) for engine in self.engines],
+                           self.config.call_timeout_s, method)
+        del ref
         seconds = time.perf_counter() - started
-        self.last_sync = {"seconds": seconds, "put_s": put_s, "load_s": max(load_s),
-                          "mib": sum(len(data) for data in files.values()) / 2**20}
-        log.info("rollout: adapter sync to %d engine(s) in %.3f s (%.2f MiB)", len(self.engines), seconds,
-                 self.last_sync["mib"])
+        self.last_sync = {"seconds": seconds, "put_s": put_s, "load_s": max(load_s), **sizes}
+        log.info("rollout: %s on %d engine(s) in %.3f s (%s)", method, len(self.engines), seconds,
+                 ", ".join(f"{k} {v:.3f}" for k, v in self.last_sync.items() if k != "seconds"))
         return seconds
 
     def can_load(self, checkpoint: str) -> bool:
