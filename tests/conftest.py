@@ -18,6 +18,12 @@ REPO = Path(__file__).resolve().parent.parent
 ALIGN = [sys.executable, "-m", "alignment.cli"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make demo` runs first: on a fresh $ALIGN_HOME it builds the tiny task exactly as a newcomer's first
+    command does, and every later test reuses that build (see tests/test_demo.py)."""
+    items.sort(key=lambda item: not item.nodeid.startswith("tests/test_demo.py"))
+
+
 @pytest.fixture(scope="session")
 def tiny_task() -> Path:
     """The bundled tiny task at its default settings (built once, then reused from $ALIGN_HOME/tiny)."""

@@ -13,10 +13,14 @@ from tests.test_tiny_preferences import preference_accuracy
 
 
 @pytest.mark.slow
-def test_demo_runs_the_loop_in_time_and_both_aligned_models_beat_the_base(tiny_prefs, tmp_path):
+def test_demo_runs_the_loop_in_time_and_both_aligned_models_beat_the_base(request, tmp_path):
     """Exactly the README's first command, as a newcomer runs it: `make demo` with an empty ALIGN_HOME,
-    so the tiny task is built inside the demo (in the same process as every later stage)."""
-    home = tmp_path / "home"
+    so the tiny task is built inside the demo (in the same process as every later stage). It runs first
+    (tests/conftest.py): on a fresh $ALIGN_HOME (CI) the demo runs there and its tiny build serves the rest
+    of the suite; where the tiny task is built already, it runs in an empty home of its own."""
+    from alignment.config import align_home
+
+    home = align_home() if not (align_home() / "tiny").exists() else tmp_path / "home"
     env = {**subprocess_env(), "ALIGN_HOME": str(home)}
     env.pop("ALIGN_VERBOSE", None)
     result = subprocess.run(["make", "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
@@ -41,7 +45,7 @@ def test_demo_runs_the_loop_in_time_and_both_aligned_models_beat_the_base(tiny_p
         assert gold[name] > gold["base"] + 0.2, name
         assert wins[name]["ci_low"] > 0.5, name  # the whole 95% interval above a coin flip
     assert wins["dpo"]["rate"] >= 0.70
-    held_out = tiny_prefs / "pairs_eval.jsonl"  # rankings by the noiseless judge, prompts never annotated
+    held_out = request.getfixturevalue("tiny_prefs") / "pairs_eval.jsonl"  # rankings by the noiseless judge, prompts never annotated
     before = preference_accuracy(home / "tiny" / "base", held_out)
     after = preference_accuracy(output / "dpo" / "final", held_out)
     print(f"held-out preference accuracy {before:.3f} -> {after:.3f}")
